@@ -1,0 +1,1 @@
+"""Deterministic, model-free transforms: ids, matrices, ranking features, audio and image codecs."""

@@ -1,0 +1,1 @@
+"""Orchestration: Prefect flows, config loading and the `recsys` command line."""

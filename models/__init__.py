@@ -1,0 +1,1 @@
+"""Learned state: Pearson neighbourhoods, ALS, the LightGBM ranker and the generative models."""

@@ -1,0 +1,1 @@
+"""Generative models: VAE, RealNVP, GAN and neural style transfer."""

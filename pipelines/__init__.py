@@ -1,0 +1,1 @@
+"""Stages: pure functions over named Arrow tables, plus the run store that persists them."""

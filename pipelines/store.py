@@ -1,0 +1,236 @@
+"""Crash-safe run folders: atomic file writes, a staging folder published by rename, a run lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.errors import RunLockedError
+
+STAGING_PREFIX = ".staging-"
+LATEST = "latest"
+MANIFEST = "manifest.json"
+
+
+def _tmp_name(path: Path) -> Path:
+    # Same folder, so os.replace is an atomic rename on one file system; dot-prefixed so
+    # globbing "*.parquet" never sees it.
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Write `table` to `path` so that a reader sees either the old file or the whole new one.
+
+    The file is written under a temporary name in the same folder, flushed, its footer re-read
+    (a torn write fails here, not downstream), then renamed into place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        footer = pq.read_metadata(tmp)
+        if footer.num_rows != table.num_rows:
+            raise OSError(f"{tmp}: footer says {footer.num_rows} rows, wrote {table.num_rows}")
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    """Write raw bytes (JSON, PNG, markdown, checkpoints) atomically: temp name, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    """Write UTF-8 text atomically."""
+    return write_bytes_atomic(text.encode("utf-8"), path)
+
+
+def write_json_atomic(obj: Any, path: Path) -> Path:
+    """Write JSON (sorted keys, indented) atomically."""
+    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it into place, else delete it.
+
+    For writers that want a file name (torch.save, matplotlib savefig, DuckDB databases).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id: UTC time stamp plus a short random suffix."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.contextmanager
+def output_lock(root: Path, *, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder `root`, or raise RunLockedError.
+
+    `wait_s=0` fails fast; a positive value waits up to that long. The lock is an flock on
+    `root/.lock`, released by the kernel if the process dies, so a SIGKILL never leaves it stuck.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / ".lock", "a+")  # noqa: SIM115 - held for the context's lifetime
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    raise RunLockedError(
+                        f"another run is writing to {root} (lock held by {holder}); wait for it "
+                        "to finish or use a different --output folder"
+                    ) from None
+                time.sleep(0.2)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
+
+
+@dataclass
+class RunFolder:
+    """One run's output folder: written under `runs/.staging-<id>/`, published as `runs/<id>/`.
+
+    Nothing under `runs/<id>/` exists until `publish()` renames the complete staging folder into
+    place and then repoints `runs/latest`; a crash before that leaves only a staging folder,
+    which `clean_stale()` removes on the next run. The last good run is never touched.
+    """
+
+    root: Path
+    run_id: str
+    staging: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.staging = self.root / "runs" / f"{STAGING_PREFIX}{self.run_id}"
+
+    @property
+    def final(self) -> Path:
+        """Where the run appears once published."""
+        return self.root / "runs" / self.run_id
+
+    def create(self) -> RunFolder:
+        """Make a fresh staging folder (removing a leftover one of the same id)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True)
+        return self
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the staging folder."""
+        return self.staging.joinpath(*parts)
+
+    def write_table(self, name: str, table: pa.Table, subdir: str = "") -> Path:
+        """Write one named table as `<subdir>/<name>.parquet` in the staging folder."""
+        return write_parquet_atomic(table, self.staging / subdir / f"{name}.parquet")
+
+    def publish(self, manifest: Mapping[str, Any], *, update_latest: bool = True) -> Path:
+        """Write the manifest last, rename staging to its final name, then repoint `latest`."""
+        write_json_atomic(dict(manifest), self.staging / MANIFEST)
+        if self.final.exists():
+            raise FileExistsError(f"{self.final} already exists; run ids must be unique")
+        os.replace(self.staging, self.final)
+        _fsync_dir(self.final.parent)
+        if update_latest:
+            point_latest(self.root / "runs", self.run_id)
+        return self.final
+
+    def discard(self) -> None:
+        """Remove the staging folder (after a failure)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def point_latest(runs_dir: Path, run_id: str) -> None:
+    """Atomically repoint `runs/latest` (a relative symlink) at `run_id`."""
+    tmp = runs_dir / f".{LATEST}.{uuid.uuid4().hex[:8]}.tmp"
+    os.symlink(run_id, tmp)
+    os.replace(tmp, runs_dir / LATEST)
+    _fsync_dir(runs_dir)
+
+
+def clean_stale(root: Path) -> list[Path]:
+    """Delete staging folders and temp files left by crashed runs. Call only while holding the lock."""
+    removed: list[Path] = []
+    runs = root / "runs"
+    if not runs.is_dir():
+        return removed
+    for entry in runs.iterdir():
+        if entry.name.startswith(STAGING_PREFIX) or entry.name.endswith(".tmp"):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    for tmp in runs.glob("*/**/.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def latest_run(root: Path) -> Path | None:
+    """The folder `runs/latest` points at, or None before the first published run."""
+    link = Path(root) / "runs" / LATEST
+    return link.resolve() if link.exists() else None
+
+
+def make_temp_dir(prefix: str = "recsys-") -> Path:
+    """A private temporary folder (for tests and scratch work)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
