@@ -1,4 +1,4 @@
-"""MNIST digits: an IDX file reader, the shipped copy's location and a seeded train/validation split."""
+"""MNIST digits: IDX reader, the shipped copy's location, a seeded split and two-moons toy data."""
 
 from __future__ import annotations
 
@@ -38,11 +38,12 @@ def read_idx(path: Path) -> np.ndarray:
             f"{path}: header says shape {shape} ({expected} bytes) but the file holds "
             f"{len(raw) - header} bytes of data; the file is truncated or corrupt"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
 
 
 def load_mnist(folder: Path = MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) uint8 and labels (N,) int64 from `folder` (the shipped copy by default)."""
+    """Images (N, 28, 28) uint8 and labels (N,) int64 from `folder` (default: the shipped copy)."""
     images = read_idx(Path(folder) / IMAGES_FILE)
     labels = read_idx(Path(folder) / LABELS_FILE).astype(np.int64)
     if images.ndim != 3 or images.shape[0] != labels.shape[0]:
@@ -62,7 +63,7 @@ class Split:
 
 
 def split_indices(n: int, *, val_fraction: float, seed: int) -> Split:
-    """Shuffle 0..n-1 with `seed` and hold out `val_fraction` of them (at least one row each side)."""
+    """Shuffle 0..n-1 with `seed` and hold out `val_fraction` of them (at least one row a side)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
     if n < 2:

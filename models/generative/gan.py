@@ -1,0 +1,198 @@
+"""GAN for MNIST (Goodfellow et al. 2014): DCGAN-style G and D, non-saturating or minimax loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt
+from torch import Tensor, nn
+
+from models.generative.training import TrainConfig, grad_norm, load_module_state, module_state
+from models.torch_utils import load_checkpoint
+
+GeneratorLoss = Literal["non_saturating", "saturating"]
+
+
+class GANConfig(TrainConfig):
+    """GAN architecture, generator loss and training knobs; the defaults are the real-run size."""
+
+    latent_size: PositiveInt = 64
+    """Dimension of the generator's input noise z ~ N(0, I)."""
+    width: PositiveInt = 32
+    """Base channel count: G runs 2w -> w -> 1 channels, D runs 1 -> w -> 2w."""
+    generator_loss: GeneratorLoss = "non_saturating"
+    """`non_saturating`: G minimises -log D(G(z)); `saturating`: G minimises log(1 - D(G(z)))."""
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    """Adam's first-moment decay (0.5, as in DCGAN, damps the two players' oscillation)."""
+    learning_rate: float = Field(2e-4, gt=0.0)
+    """Adam step size for both players."""
+    batch_size: PositiveInt = 64
+    """Real images per step (and as many fakes)."""
+    epochs: PositiveInt = 30
+    """Passes over the training split."""
+
+
+class Generator(nn.Module):
+    """z (B, latent) -> image (B, 1, 28, 28) in [-1, 1]: linear to 7x7, two stride-2 deconvs."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        w = config.width
+        self.net = nn.Sequential(
+            nn.Linear(config.latent_size, 2 * w * 7 * 7), nn.BatchNorm1d(2 * w * 7 * 7), nn.ReLU(),
+            nn.Unflatten(1, (2 * w, 7, 7)),
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.ConvTranspose2d(w, 1, 4, stride=2, padding=1), nn.Tanh(),  # (B, 1, 28, 28)
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Images (B, 1, 28, 28)."""
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    """Image (B, 1, 28, 28) -> real/fake logit (B,): two stride-2 convs and a linear head."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        w = config.width
+        self.net = nn.Sequential(
+            nn.Conv2d(1, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (B, w, 14, 14)
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (B, 2w, 7, 7)
+            nn.Flatten(), nn.Linear(2 * w * 7 * 7, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B,): D(x) = sigmoid(logit) is the probability that x is real."""
+        return self.net(x).squeeze(1)
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """-[log D(x) + log(1 - D(G(z)))], batch mean: the discriminator's side of the minimax game."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits: Tensor, kind: GeneratorLoss) -> Tensor:
+    """The generator's loss on D's logits for its fakes.
+
+    saturating: log(1 - D(G(z))) = -softplus(l); d/dl = -D(G(z)), which vanishes as D wins.
+    non_saturating: -log D(G(z)) = softplus(-l); d/dl = -(1 - D(G(z))), largest when D wins.
+    """
+    if kind == "saturating":
+        return -F.softplus(fake_logits).mean()
+    if kind == "non_saturating":
+        return F.softplus(-fake_logits).mean()
+    raise ValueError(f"generator_loss must be 'non_saturating' or 'saturating', got {kind!r}")
+
+
+def generator_grad_norms(generator: Generator, discriminator: Discriminator, z: Tensor,
+                         ) -> dict[str, float]:
+    """Norm of the generator's parameter gradient under both losses, for the same z and D."""
+    fake_logits = discriminator(generator(z))
+    params = list(generator.parameters())
+    return {f"g_grad_{kind}": grad_norm(generator_loss(fake_logits, kind), params)
+            for kind in ("non_saturating", "saturating")}
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """Map [0, 1] grey levels to the generator's [-1, 1] range."""
+    return images * 2 - 1
+
+
+class GANTrainer:
+    """G and D with one Adam each; alternating updates, one D step then one G step per batch."""
+
+    def __init__(self, config: GANConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.generator = Generator(config).to(self.device)
+        self.discriminator = Discriminator(config).to(self.device)
+        betas = (config.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), config.learning_rate,
+                                      betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), config.learning_rate,
+                                      betas=betas)
+
+    def _z(self, n: int) -> Tensor:
+        return torch.randn(n, self.config.latent_size, device=self.device)
+
+    def train_step(self, batch: Tensor) -> dict[str, float]:
+        """Update D on real `batch` (B, 1, 28, 28) in [0, 1] plus B fakes, then update G."""
+        self.generator.train()
+        self.discriminator.train()
+        real = to_unit(batch)
+        fake = self.generator(self._z(len(batch)))
+        # D step: fakes detached so D's loss does not reach G.
+        real_logits = self.discriminator(real)
+        fake_logits = self.discriminator(fake.detach())
+        loss_d = discriminator_loss(real_logits, fake_logits)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        # G step against the updated D.
+        loss_g = generator_loss(self.discriminator(fake), self.config.generator_loss)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        d_acc = 0.5 * ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean())
+        return {"loss": float(loss_g.detach()), "loss_d": float(loss_d.detach()),
+                "d_accuracy": float(d_acc)}
+
+    def diagnostics(self, batch: Tensor) -> dict[str, float]:
+        """G's gradient norm under both losses, D's accuracy and mean D(G(z)) on fresh noise."""
+        self.generator.train()
+        self.discriminator.eval()
+        z = self._z(len(batch))
+        norms = generator_grad_norms(self.generator, self.discriminator, z)
+        with torch.no_grad():
+            real_logits = self.discriminator(to_unit(batch))
+            fake_logits = self.discriminator(self.generator(z))
+        acc = 0.5 * ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean())
+        self.discriminator.train()
+        return {**norms, "d_accuracy_eval": float(acc),
+                "d_fake_mean": float(torch.sigmoid(fake_logits).mean())}
+
+    @torch.no_grad()
+    def evaluate(self, data: Tensor) -> dict[str, float]:
+        """D's losses and accuracy on held-out real images and as many fresh fakes."""
+        self.generator.eval()
+        self.discriminator.eval()
+        totals = {"loss": 0.0, "loss_d": 0.0, "d_accuracy": 0.0}
+        for chunk in data.split(4 * self.config.batch_size):
+            real_logits = self.discriminator(to_unit(chunk))
+            fake_logits = self.discriminator(self.generator(self._z(len(chunk))))
+            acc = 0.5 * ((real_logits > 0).float().mean() + (fake_logits < 0).float().mean())
+            metrics = {"loss": generator_loss(fake_logits, self.config.generator_loss),
+                       "loss_d": discriminator_loss(real_logits, fake_logits), "d_accuracy": acc}
+            for k, v in metrics.items():
+                totals[k] += float(v) * len(chunk)
+        return {k: v / len(data) for k, v in totals.items()}
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """`n` images (n, 1, 28, 28) in [0, 1], on the CPU."""
+        self.generator.eval()
+        return ((self.generator(self._z(n)) + 1) / 2).clamp(0, 1).cpu()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both players' and both optimisers' state."""
+        return module_state({"generator": self.generator, "discriminator": self.discriminator},
+                            {"generator": self.opt_g, "discriminator": self.opt_d})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict` output."""
+        load_module_state(state, {"generator": self.generator, "discriminator": self.discriminator},
+                          {"generator": self.opt_g, "discriminator": self.opt_d})
+
+
+def load_gan(path: Path, device: torch.device | str = "cpu") -> GANTrainer:
+    """Rebuild a trained GAN from its checkpoint alone (the config travels inside it)."""
+    ckpt = load_checkpoint(path, device)
+    trainer = GANTrainer(GANConfig.model_validate(ckpt["config"]), device)
+    trainer.load_state_dict(ckpt["state"])
+    trainer.generator.eval()
+    trainer.discriminator.eval()
+    return trainer
