@@ -1,0 +1,341 @@
+"""The nightly recommendation job as named stages over tables, runnable without any orchestrator."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from features.errors import ConfigError, DataError
+from models.als import AlsConfig
+from models.neighbours import PearsonConfig
+from pipelines import candidates as cand
+from pipelines import diversify as div
+from pipelines import embeddings, ingest, neighbours
+from pipelines.store import RunFolder, atomic_path, clean_stale, new_run_id, output_lock
+
+log = logging.getLogger(__name__)
+
+TABLES_DIR = ""  # tables sit at the top of the run folder: runs/<run_id>/<name>.parquet
+
+
+class OutputConfig(BaseModel):
+    """Where runs are written and how many are kept."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: Path = Path(".")
+    """Output root: runs go to <root>/runs/<run_id>/, the newest good one is <root>/runs/latest."""
+    keep_runs: int = Field(10, ge=1)
+    """Published recommendation runs kept; older ones are deleted after a successful publish."""
+    lock_wait_s: float = Field(0.0, ge=0.0)
+    """How long a run waits for another run on the same root to finish (0 = fail fast)."""
+
+
+class RunConfig(BaseModel):
+    """Everything one nightly run needs; read from TOML, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: ingest.SourceConfig = Field(default_factory=ingest.SourceConfig)
+    """The interactions and item metadata to read (default: the embedded MovieLens data)."""
+    user_neighbours: PearsonConfig = Field(default_factory=lambda: PearsonConfig(
+        k=50, min_support=5))
+    """User-based Pearson settings."""
+    item_neighbours: PearsonConfig = Field(default_factory=lambda: PearsonConfig(
+        k=50, min_support=2))
+    """Item-based Pearson settings (defaults: the lecture notes' formula, lambda = 0)."""
+    als: AlsConfig = Field(default_factory=AlsConfig)
+    """ALS candidate source."""
+    candidates: cand.CandidatesConfig = Field(default_factory=cand.CandidatesConfig)
+    """How many candidates each source proposes."""
+    ranking: Literal["fusion"] = "fusion"
+    """How candidates are ordered before the diversity re-ranker."""
+    fusion: div.FusionConfig = Field(default_factory=div.FusionConfig)
+    """Reciprocal-rank fusion settings."""
+    diversify: div.DiversifyConfig = Field(default_factory=div.DiversifyConfig)
+    """List length and author cap."""
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    """Output folder settings."""
+
+    @classmethod
+    def from_toml(cls, path: Path) -> RunConfig:
+        """Read a TOML config; relative paths in [source] are taken from the file's folder."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (or is not a file)")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        return cls.from_dict(raw, base=path.parent, origin=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], base: Path = Path("."), origin: str = "config"
+                  ) -> RunConfig:
+        """Validate a config mapping (after resolving `preset` and relative paths)."""
+        raw = dict(raw)
+        src = dict(raw.get("source", {}))
+        if "preset" in src:
+            name, folder = src.pop("preset"), base / src.pop("folder", ".")
+            src = ingest.preset_source(str(name), folder, **src).model_dump()
+        elif src:
+            src = _resolve_paths(src, base)
+        if src:
+            raw["source"] = src
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{origin}: {_explain(exc)}") from exc
+
+
+def _resolve_paths(src: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(src)
+    if "path" in out:
+        out["path"] = base / out["path"]
+    if "items" in out:
+        out["items"] = [{**it, "path": base / it["path"]} if "path" in it else it
+                        for it in out["items"]]
+    return out
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {where!r} (check its spelling against the config reference)")
+        else:
+            parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+Tables = Mapping[str, pa.Table]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pure function from named input tables to named output tables."""
+
+    name: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    fn: Callable[[Tables, RunConfig], dict[str, pa.Table]]
+
+
+def _ingest(_: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
+    res = ingest.ingest(cfg.source)
+    return {"interactions": res.interactions, "items": res.items, "rejected": res.rejected}
+
+
+def _user_nbrs(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
+    return {"user_neighbours": neighbours.user_neighbours(t["interactions"], cfg.user_neighbours)}
+
+
+def _item_nbrs(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
+    return {"item_neighbours": neighbours.item_neighbours(t["interactions"], cfg.item_neighbours)}
+
+
+def _als(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
+    users, items = embeddings.als_factors(t["interactions"], cfg.als)
+    return {"user_factors": users, "item_factors": items}
+
+
+def _candidates(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
+    return {"candidates": cand.generate(
+        t["interactions"], t["items"], t["user_neighbours"], t["item_neighbours"],
+        t["user_factors"], t["item_factors"], cfg.candidates)}
+
+
+def _rank(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
+    return {"scored": div.fuse(t["candidates"], cfg.fusion)}
+
+
+def _diversify(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
+    return {"recommendations": div.diversify(t["scored"], t["items"], cfg.diversify)}
+
+
+INGEST = Stage("ingest", (), ("interactions", "items", "rejected"), _ingest)
+USER_NEIGHBOURS = Stage("user_neighbours", ("interactions",), ("user_neighbours",), _user_nbrs)
+ITEM_NEIGHBOURS = Stage("item_neighbours", ("interactions",), ("item_neighbours",), _item_nbrs)
+ALS = Stage("als", ("interactions",), ("user_factors", "item_factors"), _als)
+CANDIDATES = Stage(
+    "candidates",
+    ("interactions", "items", "user_neighbours", "item_neighbours", "user_factors",
+     "item_factors"),
+    ("candidates",), _candidates)
+RANK = Stage("rank", ("candidates",), ("scored",), _rank)
+DIVERSIFY = Stage("diversify", ("scored", "items"), ("recommendations",), _diversify)
+
+STAGES: tuple[Stage, ...] = (
+    INGEST, USER_NEIGHBOURS, ITEM_NEIGHBOURS, ALS, CANDIDATES, RANK, DIVERSIFY)
+PARALLEL = (USER_NEIGHBOURS, ITEM_NEIGHBOURS, ALS)  # independent given `interactions`
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """What one stage did: rows written per table and seconds taken."""
+
+    stage: str
+    rows: dict[str, int]
+    seconds: float
+
+
+def read_table(run: RunFolder, name: str) -> pa.Table:
+    """A table written earlier in this run (from the staging folder)."""
+    return pq.read_table(run.path(f"{name}.parquet"))
+
+
+def execute(stage: Stage, run: RunFolder, cfg: RunConfig) -> StageReport:
+    """Read a stage's inputs from the run folder, run it, check and write its outputs."""
+    start = time.perf_counter()
+    inputs = {name: read_table(run, name) for name in stage.reads}
+    outputs = stage.fn(inputs, cfg)
+    if stray := set(outputs) ^ set(stage.writes):
+        raise RuntimeError(f"stage {stage.name}: outputs differ from its contract by {stray}")
+    for name in stage.writes:
+        run.write_table(name, outputs[name])
+    if stage is INGEST:
+        write_warehouse(run, outputs)
+    seconds = time.perf_counter() - start
+    rows = {name: outputs[name].num_rows for name in stage.writes}
+    log.info("stage %s: %s in %.2f s", stage.name, rows, seconds)
+    return StageReport(stage.name, rows, round(seconds, 3))
+
+
+def write_warehouse(run: RunFolder, tables: Tables) -> Path:
+    """Store the ingested tables in a DuckDB database file (`warehouse.duckdb`) in the run."""
+    target = run.path("warehouse.duckdb")
+    with atomic_path(target) as tmp:
+        con = duckdb.connect(str(tmp))
+        try:
+            for name, table in tables.items():
+                con.register(f"{name}_arrow", table)
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+    return target
+
+
+def fingerprint(cfg: RunConfig) -> dict[str, str]:
+    """sha256 of every input file (the data fingerprint in the manifest)."""
+    out = {}
+    for path in [cfg.source.path, *(it.path for it in cfg.source.items)]:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(chunk)
+        out[str(path)] = digest.hexdigest()
+    return out
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape the results."""
+    out = {"python": platform.python_version()}
+    for pkg in ("recsys-nightly", "prefect", "polars", "implicit", "lightgbm", "duckdb",
+                "pyarrow", "numpy", "scipy", "torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class RunResult:
+    """A published run: where it is and what each stage did."""
+
+    run_id: str
+    path: Path
+    reports: list[StageReport] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def manifest_for(run: RunFolder, cfg: RunConfig, reports: list[StageReport],
+                 started: datetime) -> dict[str, Any]:
+    """The manifest written last into a run: config, fingerprint, counts, timings, versions."""
+    rejected = read_table(run, "rejected")
+    return {
+        "run_id": run.run_id,
+        "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(),
+        "config": cfg.model_dump(mode="json"),
+        "data_fingerprint": fingerprint(cfg),
+        "rows": {k: v for r in reports for k, v in r.rows.items()},
+        "seconds": {r.stage: r.seconds for r in reports},
+        "rejected_rows": rejected.num_rows,
+        "versions": versions(),
+    }
+
+
+def prune_runs(root: Path, keep: int) -> list[Path]:
+    """Delete the oldest published runs beyond `keep` (never the one `latest` points at)."""
+    runs_dir = root / "runs"
+    latest = (runs_dir / "latest").resolve() if (runs_dir / "latest").exists() else None
+    published = sorted(p for p in runs_dir.iterdir()
+                       if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                       and (p / "manifest.json").exists() and (p / "recommendations.parquet")
+                       .exists())
+    doomed = [p for p in published[:-keep] if p != latest] if len(published) > keep else []
+    import shutil
+
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def run_nightly(cfg: RunConfig, run_id: str | None = None) -> RunResult:
+    """Run every stage in order and publish, without Prefect (tests, scripts, debugging)."""
+    return run_with(cfg, run_id, lambda stage, run: execute(stage, run, cfg))
+
+
+def run_with(cfg: RunConfig, run_id: str | None,
+             call: Callable[[Stage, RunFolder], StageReport],
+             parallel: Callable[[list[Stage], RunFolder], list[StageReport]] | None = None,
+             ) -> RunResult:
+    """Lock the output root, run the stages through `call`, publish, prune old runs.
+
+    `parallel` runs the independent stages together (the flow submits them as tasks); by
+    default they run one after another. Any failure discards the staging folder, so nothing is
+    published and `runs/latest` keeps pointing at the last good run.
+    """
+    root = cfg.output.root
+    started = datetime.now(UTC)
+    with output_lock(root, wait_s=cfg.output.lock_wait_s):
+        clean_stale(root)
+        run = RunFolder(root, run_id or new_run_id(started)).create()
+        try:
+            reports = [call(INGEST, run)]
+            group = list(PARALLEL)
+            reports += parallel(group, run) if parallel else [call(s, run) for s in group]
+            for stage in (CANDIDATES, RANK, DIVERSIFY):
+                reports.append(call(stage, run))
+            manifest = manifest_for(run, cfg, reports, started)
+            path = run.publish(manifest)
+        except BaseException:
+            run.discard()
+            raise
+        prune_runs(root, cfg.output.keep_runs)
+    return RunResult(run.run_id, path, reports, manifest)
+
+
+def check_source(cfg: RunConfig) -> None:
+    """Fail early (before any work) when an input file is missing or unreadable."""
+    for what, path in [("interactions", cfg.source.path),
+                       *(("items", it.path) for it in cfg.source.items)]:
+        if not Path(path).is_file():
+            raise DataError(f"{what} file {path} does not exist or is not a file")
