@@ -222,12 +222,16 @@ class RealNVPTrainer:
         return u.view(n, 1, 28, 28).cpu()
 
     def state_dict(self) -> dict[str, Any]:
-        """Model and optimiser state."""
-        return module_state({"flow": self.model}, {"adam": self.optimizer})
+        """Model, optimiser and dequantisation-noise generator state."""
+        state = module_state({"flow": self.model}, {"adam": self.optimizer})
+        state["noise"] = self.noise.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict` output."""
         load_module_state(state, {"flow": self.model}, {"adam": self.optimizer})
+        if "noise" in state:
+            self.noise.set_state(state["noise"].cpu())
 
 
 def load_realnvp(path: Path, device: torch.device | str = "cpu") -> RealNVPTrainer:
