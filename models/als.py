@@ -53,13 +53,14 @@ class AlsModel:
             data.data[:] = 1.0
         elif c.weight == "log1p":
             data.data = np.log1p(data.data)
-        model = AlternatingLeastSquares(
-            factors=c.embedding_size, regularization=c.reg, alpha=c.alpha,
-            iterations=c.epochs, random_state=c.seed, use_gpu=c.use_gpu,
-            num_threads=c.threads, calculate_training_loss=False,
-        )
-        # implicit warns about (and is slowed by) multithreaded BLAS; pin it while we train.
+        # implicit warns about (and is slowed by) multithreaded BLAS: pin it while we build
+        # (the constructor runs the check) and train.
         with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=c.embedding_size, regularization=c.reg, alpha=c.alpha,
+                iterations=c.epochs, random_state=c.seed, use_gpu=c.use_gpu,
+                num_threads=c.threads, calculate_training_loss=False,
+            )
             model.fit(data, show_progress=False)
         if c.use_gpu:  # pragma: no cover - needs CUDA
             model = model.to_cpu()

@@ -100,7 +100,8 @@ def _top_k(
     w = np.clip(w, -1.0, 1.0, out=w, where=np.isfinite(w))
     w[np.arange(b), np.arange(start, start + b)] = -np.inf  # no self-similarity
     if config.shrinkage > 0:
-        w = np.where(np.isfinite(w), w * n / (n + config.shrinkage), w)
+        finite = np.isfinite(w)
+        w[finite] *= n[finite] / (n[finite] + config.shrinkage)
     w[~(w > config.threshold)] = -np.inf
     part = top_k_indices(w, config.k)  # (b, k)
     top_w = np.take_along_axis(w, part, axis=1)

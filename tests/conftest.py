@@ -45,3 +45,52 @@ def cuda_devices() -> list[str]:
     import torch
 
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def write_tiny_dataset(folder: Path, seed: int = 0, n_users: int = 30, n_items: int = 40
+                       ) -> tuple[Path, Path]:
+    """A small ratings CSV (string ids with leading zeros) and an items CSV with 5 authors.
+
+    Two taste groups: users in group g rate items of group g high and the rest low, so the
+    neighbourhoods and ALS have real structure to find.
+    """
+    rng = np.random.default_rng(seed)
+    rows = ["user,item,rating,ts"]
+    for u in range(n_users):
+        group = u % 2
+        for i in rng.choice(n_items, size=12, replace=False):
+            like = (i % 2) == group
+            rating = rng.integers(4, 6) if like else rng.integers(1, 3)
+            rows.append(f"u{u:03d},0{i:03d},{rating},{1_600_000_000 + 3600 * (u * 50 + int(i))}")
+    ratings = folder / "ratings.csv"
+    ratings.write_text("\n".join(rows) + "\n")
+    items = folder / "items.csv"
+    items.write_text("item,title,author\n" + "\n".join(
+        f"0{i:03d},Item {i},author{i % 5}" for i in range(n_items)) + "\n")
+    return ratings, items
+
+
+def tiny_config_dict(folder: Path) -> dict[str, object]:
+    """A RunConfig mapping for the tiny data set, with small sizes."""
+    ratings, items = write_tiny_dataset(folder)
+    return {
+        "source": {"path": str(ratings), "user": "user", "item": "item", "weight": "rating",
+                   "timestamp": "ts",
+                   "items": [{"path": str(items), "item": "item", "title": "title",
+                              "author": "author"}]},
+        "user_neighbours": {"k": 10, "min_support": 2},
+        "item_neighbours": {"k": 10, "min_support": 2},
+        "als": {"embedding_size": 4, "epochs": 3},
+        "candidates": {"user_pearson": 10, "item_pearson": 10, "als": 10, "popular": 5,
+                       "author": 5},
+        "diversify": {"n": 5, "max_per_author": 2},
+        "output": {"root": str(folder / "out")},
+    }
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A RunConfig over the tiny data set, writing under tmp_path/out."""
+    from pipelines.nightly import RunConfig
+
+    return RunConfig.from_dict(tiny_config_dict(tmp_path))

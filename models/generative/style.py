@@ -50,7 +50,7 @@ class StyleConfig(BaseModel):
     """w_l, one per style layer."""
     content_weight: PositiveFloat = 1.0
     """alpha: weight of the content term."""
-    style_weight: PositiveFloat = 30.0
+    style_weight: PositiveFloat = 10.0
     """beta: weight of the style term (Gram entries are ~1e-2, hence the larger number)."""
 
     @model_validator(mode="after")
@@ -188,6 +188,7 @@ Callback = Callable[[dict[str, float]], None]
 
 
 def _record(step: int, terms: LossTerms, start: float) -> dict[str, float]:
+    terms = LossTerms(*(t.detach() for t in terms))
     return {"step": float(step), "total": float(terms.total.mean()),
             "content": float(terms.content.mean()), "style": float(terms.style.mean()),
             "seconds": time.perf_counter() - start}
