@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from pipelines.store import atomic_path
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
@@ -47,8 +47,17 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """torch.save `payload` atomically (temp name + rename): a crash never leaves half a file."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -223,9 +223,10 @@ def _load_raw(con: duckdb.DuckDBPyConnection, spec: FileSpec, table: str, what: 
     try:
         con.execute(sql)
     except duckdb.Error as exc:
-        msg = str(exc).splitlines()[0]
+        full = str(exc)
+        msg = full.splitlines()[0]
         hint = "check the delimiter, quoting and `header`/`names` settings"
-        if "unicode" in msg.lower() or "utf" in msg.lower():
+        if "unicode" in full.lower() or "utf-8" in full.lower():
             hint = "the file is not valid UTF-8: set encoding = \"latin-1\" (or re-encode it)"
         raise DataError(f"{what} file {spec.path} could not be parsed ({msg}); {hint}") from exc
     return [c[0] for c in con.execute(f"DESCRIBE {table}").fetchall()]
