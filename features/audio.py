@@ -1,0 +1,285 @@
+"""Mu-law companding: float audio in [-1, 1] to integer codes and back (numpy and torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported lazily: the numpy path must not pay for it
+    import torch
+
+DEFAULT_CHANNELS = 256
+"""Codes per sample: 256 gives 8-bit codes 0..255 (mu = 255), the usual WaveNet setting."""
+
+BLOCK = 32_768
+"""Samples per block: 128 KiB of float32 scratch, which stays in L2 (measured: 16K-128K all
+within 3% of each other; 4K loses 25% to per-call overhead)."""
+
+MAX_CHANNELS = 65_536
+
+
+def _check_channels(channels: int) -> int:
+    """Return mu = channels - 1, or raise with the allowed range."""
+    if isinstance(channels, bool) or not isinstance(channels, int | np.integer):
+        raise ValueError(f"channels must be an int, got {channels!r}")
+    if not 2 <= channels <= MAX_CHANNELS:
+        raise ValueError(f"channels must lie in 2..{MAX_CHANNELS}, got {channels}; 256 is usual")
+    return int(channels) - 1
+
+
+def code_dtype(channels: int = DEFAULT_CHANNELS) -> np.dtype:
+    """Smallest unsigned dtype that holds codes 0..channels-1 (uint8 up to 256, else uint16)."""
+    return np.dtype(np.uint8 if _check_channels(channels) <= 255 else np.uint16)
+
+
+def mu_law_compand(audio: np.ndarray, channels: int = DEFAULT_CHANNELS) -> np.ndarray:
+    """The continuous companding curve f(x) = sign(x) ln(1 + mu|x|) / ln(1 + mu), in float64.
+
+    A reference and plotting helper: it does not clip and does not quantise.
+    """
+    mu = _check_channels(channels)
+    x = np.asarray(audio, dtype=np.float64)
+    return np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+
+
+def mu_law_expand(companded: np.ndarray, channels: int = DEFAULT_CHANNELS) -> np.ndarray:
+    """Exact inverse of `mu_law_compand`: x = sign(y) ((1 + mu)^|y| - 1) / mu, in float64."""
+    mu = _check_channels(channels)
+    y = np.asarray(companded, dtype=np.float64)
+    return np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu
+
+
+@lru_cache(maxsize=8)
+def decode_table(channels: int = DEFAULT_CHANNELS) -> np.ndarray:
+    """The float32 sample each code decodes to, shape (channels,), computed in float64.
+
+    Code c decodes at y = c / mu * 2 - 1 (the torchaudio convention), so with an even channel
+    count no code decodes to exactly 0: 128 decodes to +8.6e-5 for mu = 255.
+    """
+    mu = _check_channels(channels)
+    table = mu_law_expand(np.arange(mu + 1) / mu * 2.0 - 1.0, channels).astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+FLOAT64_ABOVE = 1024
+"""Channel counts above this are computed in float64: a float32 near v = 65535 has an ulp of
+0.004 code units, which would move 0.4% of samples across a boundary at channels=65536."""
+
+
+def _work_dtype(mu: int) -> type[np.floating]:
+    return np.float64 if mu >= FLOAT64_ABOVE else np.float32
+
+
+@lru_cache(maxsize=16)
+def _encode_constants(mu: int) -> tuple[np.floating, np.floating, np.floating]:
+    """(1/mu, scale, offset) such that code = floor(scale * log2(|x| + 1/mu) + offset).
+
+    Derivation: v = (f + 1) / 2 * mu + 0.5 with f = ln(1 + mu|x|) / ln(1 + mu), so for x >= 0
+    v = c + k * log2(1 + mu|x|) with c = mu/2 + 0.5 and k = (mu/2) / log2(1 + mu), and
+    log2(1 + mu|x|) = log2(mu) + log2(|x| + 1/mu). Writing it this way saves one pass per block.
+    The offset is calibrated on this machine's float32 log2 so that x = 0 lands on exactly c
+    (the known value 0 -> 128); without that, rounding can give 127.99998 -> 127.
+    """
+    t = _work_dtype(mu)
+    inv, scale, c = t(1.0 / mu), t((mu / 2.0) / np.log2(1.0 + mu)), t(mu / 2.0 + 0.5)
+    at_zero = t(scale * np.log2(np.array([inv], dtype=t))[0])
+    offset = t(c - at_zero)
+    while t(at_zero + offset) < c:
+        offset = np.nextafter(offset, t(np.inf))
+    while t(at_zero + offset) >= np.nextafter(c, t(np.inf)):
+        offset = np.nextafter(offset, t(-np.inf))
+    return inv, scale, offset
+
+
+def _as_float_samples(audio: np.ndarray | Iterable[float]) -> np.ndarray:
+    """`audio` as a float ndarray, refusing integer PCM (which would silently saturate)."""
+    x = np.asarray(audio)
+    if x.dtype.kind not in "f":
+        raise ValueError(
+            f"mu-law encoding needs float samples in [-1, 1], got dtype {x.dtype}; convert PCM "
+            "first (int16: x / 32768) or read with soundfile's dtype='float32'"
+        )
+    return x
+
+
+def mu_law_encode(
+    audio: np.ndarray | Iterable[float],
+    channels: int = DEFAULT_CHANNELS,
+    *,
+    out: np.ndarray | None = None,
+    block: int = BLOCK,
+) -> np.ndarray:
+    """Compand samples in [-1, 1] and quantise them to integer codes 0..channels-1 (ITU-T G.711).
+
+    Rounds like `torchaudio.functional.mu_law_encoding`: code = floor((f(x) + 1) / 2 * mu + 0.5)
+    with f(x) = sign(x) ln(1 + mu|x|) / ln(1 + mu). Unlike that reference, samples are clipped
+    to [-1, 1] first (it encodes 1.2 as 259) and NaN encodes as the top code; reject non-finite
+    input before calling this if it matters.
+
+    The work is done in float32 over cache-sized blocks, so scratch memory is O(block) whatever
+    the input length, and throughput is within about 2x of a memory-bound elementwise pass (the
+    textbook float64 formula is 15-50x slower). Float32 rounding means a sample lying within
+    about 1e-4 of a code boundary (in code units) can land one code away from the float64
+    formula: 4.5 in a million uniform random samples; every other sample matches exactly.
+
+    Args:
+        audio: float samples of any shape; float64 is computed at float32 precision (lossless
+            for 16- and 24-bit PCM sources).
+        channels: number of codes; mu = channels - 1.
+        out: optional output array of `code_dtype(channels)` and the same size as `audio`.
+        block: samples per block.
+
+    Returns:
+        Codes with the shape of `audio`, dtype uint8 (channels <= 256) or uint16.
+    """
+    mu = _check_channels(channels)
+    x = _as_float_samples(audio)
+    dtype = code_dtype(channels)
+    flat_x = x.reshape(-1)
+    if out is None:
+        out = np.empty(x.shape, dtype=dtype)
+    elif out.dtype != dtype or out.size != x.size:
+        raise ValueError(f"out must be {dtype} with {x.size} elements, got {out.dtype} {out.size}")
+    flat_out = out.reshape(-1)
+    if block < 1:
+        raise ValueError(f"block must be positive, got {block}")
+    inv, scale, offset = _encode_constants(mu)
+    # For x < 0, code ^ all-ones == dtype.max - code; `fix` turns that into mu - code.
+    fix = dtype.type(np.iinfo(dtype).max - mu)  # 0 when channels is a power of two
+    n = flat_x.size
+    scratch = np.empty(min(block, max(n, 1)), dtype=_work_dtype(mu))  # (block,)
+    negative = np.empty(scratch.size, dtype=dtype)  # (block,) 0 or all ones
+    for start in range(0, n, block):
+        xb = flat_x[start : start + block]
+        a, m, codes = scratch[: xb.size], negative[: xb.size], flat_out[start : start + block]
+        np.abs(xb, out=a)
+        if not a.max() <= 1.0:  # also true for NaN: fmin maps NaN and +-inf to 1
+            np.fmin(a, 1.0, out=a)
+        np.add(a, inv, out=a)
+        np.log2(a, out=a)
+        np.multiply(a, scale, out=a)
+        np.add(a, offset, out=a)  # v = c + k log2(1 + mu|x|) >= c > 0, so truncation is floor
+        np.copyto(codes, a, casting="unsafe")
+        # Negative samples: floor(c - u) == mu - floor(c + u) away from exact boundaries.
+        # Built from x < 0 rather than the sign bit so that -0.0 encodes like 0.0.
+        if dtype == np.uint8:
+            np.less(xb, 0, out=m.view(np.bool_))
+            np.negative(m, out=m)  # 1 -> 255
+        else:
+            np.negative(np.less(xb, 0), dtype=dtype, out=m)  # True -> 65535
+        np.bitwise_xor(codes, m, out=codes)
+        if fix:
+            np.bitwise_and(m, fix, out=m)
+            np.subtract(codes, m, out=codes)
+    return out
+
+
+def mu_law_decode(
+    codes: np.ndarray, channels: int = DEFAULT_CHANNELS, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Map codes 0..channels-1 back to float32 samples: the exact inverse at y = code / mu * 2 - 1.
+
+    A table lookup, so every code decodes to the correctly rounded float32 of the float64 value.
+    """
+    mu = _check_channels(channels)
+    c = np.asarray(codes)
+    if c.dtype.kind not in "ui":
+        raise ValueError(f"codes must be integers, got dtype {c.dtype}")
+    if c.size and (int(c.min()) < 0 or int(c.max()) > mu):
+        raise ValueError(
+            f"codes must lie in 0..{mu} for channels={channels}, got {c.min()}..{c.max()}; "
+            "were they encoded with a different channel count?"
+        )
+    return np.take(decode_table(mu + 1), c, out=out, mode="clip")
+
+
+def encode_blocks(
+    blocks: Iterable[np.ndarray], channels: int = DEFAULT_CHANNELS
+) -> Iterator[np.ndarray]:
+    """Encode a stream of sample blocks (e.g. from `soundfile.blocks`), one code block each."""
+    for block in blocks:
+        yield mu_law_encode(block, channels)
+
+
+def snr_db(signal: np.ndarray, reconstruction: np.ndarray, *, block: int = 1 << 20) -> float:
+    """Signal-to-noise ratio 10 log10(sum x^2 / sum (x - x_hat)^2) in dB, accumulated in float64.
+
+    Returns +inf for a perfect reconstruction and -inf for an all-zero signal.
+    """
+    x, y = np.asarray(signal).reshape(-1), np.asarray(reconstruction).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"signal and reconstruction differ in size: {x.size} vs {y.size}")
+    power = noise = 0.0
+    for start in range(0, x.size, block):
+        xb = x[start : start + block].astype(np.float64)
+        eb = xb - y[start : start + block]
+        power += float(np.dot(xb, xb))
+        noise += float(np.dot(eb, eb))
+    if noise == 0.0:
+        return float("inf")
+    if power == 0.0:
+        return float("-inf")
+    return float(10.0 * np.log10(power / noise))
+
+
+def round_trip_snr_db(audio: np.ndarray, channels: int = DEFAULT_CHANNELS) -> float:
+    """SNR of `audio` (already in [-1, 1]) against decode(encode(audio)), blockwise."""
+    x = _as_float_samples(audio).reshape(-1)
+    power = noise = 0.0
+    step = 1 << 18
+    for start in range(0, x.size, step):
+        xb = x[start : start + step]
+        xb64 = np.clip(xb, -1.0, 1.0).astype(np.float64)
+        eb = xb64 - mu_law_decode(mu_law_encode(xb, channels), channels)
+        power += float(np.dot(xb64, xb64))
+        noise += float(np.dot(eb, eb))
+    if noise == 0.0:
+        return float("inf")
+    if power == 0.0:
+        return float("-inf")
+    return float(10.0 * np.log10(power / noise))
+
+
+def _torch_code_dtype(channels: int) -> torch.dtype:
+    import torch
+
+    return torch.uint8 if _check_channels(channels) <= 255 else torch.int32
+
+
+def mu_law_encode_torch(audio: torch.Tensor, channels: int = DEFAULT_CHANNELS) -> torch.Tensor:
+    """Torch variant of `mu_law_encode` for GPU pipelines, on `audio`'s device.
+
+    Same rounding and clipping; uses log1p, so results can differ from the numpy path (and from
+    the float64 formula) by one code at exact boundaries only. Returns uint8 codes for
+    channels <= 256, else int32 (torch's uint16 lacks most ops).
+    """
+    import torch
+
+    mu = _check_channels(channels)
+    if not torch.is_floating_point(audio):
+        raise ValueError(f"mu-law encoding needs float samples in [-1, 1], got {audio.dtype}")
+    x = audio.double() if mu >= FLOAT64_ABOVE else audio
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    a = torch.nan_to_num(x.abs(), nan=1.0).clamp_(max=1.0)
+    scale = (mu / 2.0) / float(np.log1p(mu))
+    v = torch.log1p(a.mul_(mu)).mul_(scale).add_(mu / 2.0 + 0.5)  # c + u >= c > 0
+    codes = v.to(torch.int32)  # truncation == floor for positive values
+    codes = torch.where(x < 0, mu - codes, codes)  # floor(c - u) == mu - floor(c + u)
+    return codes.to(_torch_code_dtype(channels))
+
+
+def mu_law_decode_torch(codes: torch.Tensor, channels: int = DEFAULT_CHANNELS) -> torch.Tensor:
+    """Torch variant of `mu_law_decode`: float32 samples via the same float64-computed table."""
+    import torch
+
+    mu = _check_channels(channels)
+    if torch.is_floating_point(codes) or codes.is_complex():
+        raise ValueError(f"codes must be integers, got {codes.dtype}")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > mu):
+        raise ValueError(f"codes must lie in 0..{mu} for channels={channels}")
+    table = torch.from_numpy(decode_table(channels).copy()).to(codes.device)
+    return table[codes.long()]
