@@ -1,0 +1,67 @@
+"""One real Prefect run of the nightly flow on tiny data, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipelines.nightly import RunConfig
+from pipelines.store import latest_run
+from tests.conftest import tiny_config_dict
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_flow_runs_every_stage_and_publishes(prefect_harness: None, tmp_path: Path) -> None:
+    from flows.recommend import nightly_recommendations
+
+    cfg = RunConfig.from_dict(tiny_config_dict(tmp_path))
+    summary = nightly_recommendations(config=cfg, run_id="flow-run")
+    stages = [s["stage"] for s in summary["stages"]]  # type: ignore[index, union-attr]
+    assert stages == ["ingest", "user_neighbours", "item_neighbours", "als", "candidates",
+                      "rank", "diversify"]
+    published = latest_run(tmp_path / "out")
+    assert published is not None and published.name == "flow-run"
+    assert pq.read_table(published / "recommendations.parquet").num_rows == 30 * 5
+
+
+def command_paths(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command of the CLI, as argument paths."""
+    out = [prefix]
+    if hasattr(group, "commands"):
+        for name, cmd in group.commands.items():
+            out += command_paths(cmd, (*prefix, name))
+    return out
+
+
+def test_cli_help_on_every_command() -> None:
+    runner = CliRunner()
+    paths = command_paths(typer.main.get_command(app))
+    assert ("run",) in paths
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage" in result.output
+
+
+def test_cli_bad_input_exits_non_zero_and_publishes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "cfg.toml"
+    bad.write_text("[source]\npath = 'missing.csv'\nitems = []\n")
+    result = CliRunner().invoke(app, ["run", "--engine", "local", "--config", str(bad),
+                                      "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "missing.csv" in result.output and "does not exist" in result.output
+    assert latest_run(tmp_path / "out") is None
+
+
+def test_cli_rejects_config_typos(tmp_path: Path) -> None:
+    bad = tmp_path / "cfg.toml"
+    bad.write_text("[diversify]\nmax_per_autor = 3\n")
+    result = CliRunner().invoke(app, ["show-config", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "unknown key 'diversify.max_per_autor'" in result.output
