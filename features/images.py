@@ -91,13 +91,19 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     return image.convert("RGB")
 
 
-def resize(image: Image.Image, size: Size, name: str = "image") -> Image.Image:
-    """Resize an RGB image to `size` (see `Size`), centre-cropping first when the aspect changes."""
+def resize(image: Image.Image, size: Size, name: str = "image",
+           source_size: tuple[int, int] | None = None) -> Image.Image:
+    """Resize an RGB image to `size` (see `Size`), centre-cropping first when the aspect changes.
+
+    `source_size` (width, height) is the file's size for the log message when `image` was
+    decoded at a reduced scale.
+    """
     _check_size(size)
     width, height = image.size
     th, tw = _target_hw(width, height, size)
     if (th, tw) == (height, width):
         return image
+    how = "resized"
     if not isinstance(size, int) and size is not None:
         # centre crop to the target aspect so nothing is stretched
         aspect = tw / th
@@ -109,7 +115,10 @@ def resize(image: Image.Image, size: Size, name: str = "image") -> Image.Image:
             ch = round(width / aspect)
             top = (height - ch) // 2
             image = image.crop((0, top, width, top + ch))
-    log.info("%s: resized from %dx%d to %dx%d (width x height)", name, width, height, tw, th)
+        if image.size != (width, height):
+            how = "centre-cropped to the aspect and resized"
+    sw, sh = source_size or (width, height)
+    log.info("%s: %s from %dx%d to %dx%d (width x height)", name, how, sw, sh, tw, th)
     return image.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
@@ -122,6 +131,7 @@ def load_image(path: str | Path, size: Size = None) -> np.ndarray:
     path = Path(path)
     _check_size(size)
     image = _open(path)
+    source_size = image.size
     if image.format == "JPEG" and size is not None:
         th, tw = _target_hw(*image.size, size)
         # decode at the smallest 1/2^k scale still at least twice the target (fast for huge files)
@@ -134,7 +144,7 @@ def load_image(path: str | Path, size: Size = None) -> np.ndarray:
             f"cannot decode image {path}: {exc}; the file may be truncated, re-save or replace it"
         ) from exc
     image = to_rgb(image, path.name)
-    image = resize(image, size, path.name)
+    image = resize(image, size, path.name, source_size)
     if min(image.size) < MIN_SIDE:
         raise DataError(
             f"image {path} is {image.size[0]}x{image.size[1]} px; style transfer needs at least "

@@ -196,9 +196,12 @@ def _record(step: int, terms: LossTerms, start: float) -> dict[str, float]:
 
 def optimise(loss: PerceptualLoss, content: torch.Tensor, config: OptimiseConfig,
              callback: Callback | None = None) -> tuple[torch.Tensor, History]:
-    """Minimise L(C, S, X) over the pixels of X; returns X in [0, 1] and the loss per step.
+    """Minimise L(C, S, X) over the pixels of X; returns X clamped to [0, 1] and the loss per step.
 
-    `content` is (1, 3, H, W) on the loss's device. Pixels are clamped to [0, 1] after each step.
+    `content` is (1, 3, H, W) on the loss's device. A step is one loss-and-gradient evaluation,
+    so L-BFGS and Adam runs of equal `steps` cost about the same. L-BFGS runs as one call over
+    all steps and sees the loss of clamp(X, 0, 1) (clamping X itself mid-run would corrupt its
+    curvature pairs); Adam clamps X to [0, 1] after every step.
     """
     target = loss.content_target(content)
     if config.init == "content":
@@ -207,39 +210,43 @@ def optimise(loss: PerceptualLoss, content: torch.Tensor, config: OptimiseConfig
         gen = torch.Generator().manual_seed(config.seed)
         x = torch.rand(content.shape, generator=gen).to(content.device)
     x.requires_grad_(True)
-    if config.optimizer == "lbfgs":
-        # max_iter=1: each .step() is one L-BFGS iteration; the curvature history persists
-        opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [x], lr=config.learning_rate or 1.0, max_iter=1, history_size=50)
+    lbfgs = config.optimizer == "lbfgs"
+    opt: torch.optim.Optimizer
+    if lbfgs:
+        opt = torch.optim.LBFGS([x], lr=config.learning_rate or 1.0, max_iter=config.steps,
+                                max_eval=config.steps, tolerance_grad=0.0, tolerance_change=0.0,
+                                history_size=50, line_search_fn="strong_wolfe")
     else:
         opt = torch.optim.Adam([x], lr=config.learning_rate or 0.02)
     history: History = []
     start = time.perf_counter()
-    last: list[LossTerms] = []
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        terms = loss(x, target)
+        terms = loss(x.clamp(0, 1) if lbfgs else x, target)
         total = terms.total.sum()
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"style optimisation diverged at step {len(history) + 1}; "
+                                     "lower --learning-rate or use adam")
         total.backward()
-        last[:] = [terms]
-        return total
-
-    for step in range(1, config.steps + 1):
-        opt.step(closure)
-        with torch.no_grad():
-            x.clamp_(0, 1)
-        if not torch.isfinite(last[0].total).all():
-            raise FloatingPointError(
-                f"style optimisation diverged at step {step}; lower --learning-rate or use adam")
-        record = _record(step, last[0], start)
+        record = _record(len(history) + 1, terms, start)
         history.append(record)
         if callback:
             callback(record)
+        step = len(history)
         if step % config.log_every == 0 or step == config.steps:
             log.info("optimise step %d/%d loss %.4f (content %.4f, style %.4f)", step,
                      config.steps, record["total"], record["content"], record["style"])
-    return x.detach(), history
+        return total
+
+    if lbfgs:
+        opt.step(closure)  # stops after `steps` evaluations
+    else:
+        for _ in range(config.steps):
+            opt.step(closure)
+            with torch.no_grad():
+                x.clamp_(0, 1)
+    return x.detach().clamp(0, 1), history
 
 
 # ---------------------------------------------------------------- fast network (Johnson)
