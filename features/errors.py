@@ -2,7 +2,7 @@
 
 
 class RecsysError(Exception):
-    """Base class of the product's own errors; the CLI turns these into a message and exit code 2."""
+    """Base class of the product's own errors; the CLI prints them and exits with code 2."""
 
 
 class DataError(RecsysError):

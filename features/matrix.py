@@ -14,7 +14,7 @@ from features.vocab import IdVocab
 
 @dataclass(frozen=True)
 class InteractionMatrix:
-    """CSR matrix (users x items) of weights plus the vocabularies that name its rows and columns."""
+    """CSR matrix (users x items) of weights plus the vocabularies naming rows and columns."""
 
     users: IdVocab
     items: IdVocab

@@ -12,7 +12,7 @@ from features.errors import DataError
 
 
 def _natural_order(ids: pa.Array) -> pa.Array:
-    """Unique ids in a stable, human order: numeric when every id is a plain integer, else text.
+    """Unique ids in a stable, human order: numeric when all ids are plain integers, else text.
 
     Plain integers (no sign, no leading zero) order by (length, text), which equals numeric order
     for any size, so ids beyond 2**63 still sort correctly and survive as text.
@@ -24,7 +24,8 @@ def _natural_order(ids: pa.Array) -> pa.Array:
     if pc.all(plain_int).as_py() if len(unique) else False:
         lengths = pc.utf8_length(unique)
         order = pc.sort_indices(
-            pa.table({"n": lengths, "s": unique}), sort_keys=[("n", "ascending"), ("s", "ascending")]
+            pa.table({"n": lengths, "s": unique}),
+            sort_keys=[("n", "ascending"), ("s", "ascending")],
         )
     else:
         order = pc.sort_indices(unique)

@@ -11,12 +11,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 
 def pick_device(choice: str = "auto") -> torch.device:
-    """Resolve `auto|cpu|cuda` to a torch device; `cuda` without a GPU is an error, not a fallback."""
+    """Resolve `auto|cpu|cuda` to a torch device; `cuda` without a GPU is an error."""
     if choice not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be one of auto, cpu, cuda; got {choice!r}")
     if choice == "cuda" and not torch.cuda.is_available():

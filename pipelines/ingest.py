@@ -205,7 +205,7 @@ def _load_raw(con: duckdb.DuckDBPyConnection, spec: FileSpec, table: str, what: 
         try:
             con.execute(f"CREATE TEMP TABLE {table}_p AS SELECT * FROM read_parquet({path})")
         except duckdb.Error as exc:
-            raise DataError(f"{what} file {spec.path} is not a readable Parquet file: {exc}") from exc
+            raise DataError(f"{what} file {spec.path} is not readable Parquet: {exc}") from exc
         cols = [c[0] for c in con.execute(f"DESCRIBE {table}_p").fetchall()]
         casts = ", ".join(f'CAST("{c}" AS VARCHAR) AS "{c}"' for c in cols)
         con.execute(f"CREATE TEMP TABLE {table} AS SELECT {casts} FROM {table}_p")
@@ -213,7 +213,8 @@ def _load_raw(con: duckdb.DuckDBPyConnection, spec: FileSpec, table: str, what: 
     delim = spec.delimiter or {"tsv": "\t", "dat": "::", "csv": ","}[fmt]
     opts = [
         f"delim={_sql_str(delim)}", f"header={str(spec.header).lower()}", "all_varchar=true",
-        f"quote={_sql_str(spec.quote)}", f"escape={_sql_str(spec.quote)}", f"encoding={_sql_str(spec.encoding)}",
+        f"quote={_sql_str(spec.quote)}", f"escape={_sql_str(spec.quote)}",
+        f"encoding={_sql_str(spec.encoding)}",
         "max_line_size=33554432", "null_padding=false", "strict_mode=true",
         "auto_detect=false" if spec.names else "auto_detect=true",
     ]

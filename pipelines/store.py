@@ -207,7 +207,7 @@ def point_latest(runs_dir: Path, run_id: str) -> None:
 
 
 def clean_stale(root: Path) -> list[Path]:
-    """Delete staging folders and temp files left by crashed runs. Call only while holding the lock."""
+    """Delete staging folders and temp files left by crashed runs (call holding the lock)."""
     removed: list[Path] = []
     runs = root / "runs"
     if not runs.is_dir():

@@ -1,4 +1,4 @@
-"""Shared fixtures: thread pinning, a seeded rng, one Prefect test server per session, device list."""
+"""Shared fixtures: thread pinning, seeded rng, one Prefect test server, tiny data, devices."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Candidate sources on hand-made examples: the lecture notes' p_i definitions, exclusions, ranks."""
+"""Candidate sources on hand-made examples: the p_i definitions, exclusions and ranks."""
 
 from __future__ import annotations
 

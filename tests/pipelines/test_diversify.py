@@ -1,4 +1,4 @@
-"""Author-diversity re-ranker: vectorised form equals the greedy reference; cap holds when feasible."""
+"""Author-diversity re-ranker: vectorised equals the greedy reference; the cap holds."""
 
 from __future__ import annotations
 
