@@ -226,15 +226,31 @@ def snr_db(signal: np.ndarray, reconstruction: np.ndarray, *, block: int = 1 << 
     return float(10.0 * np.log10(power / noise))
 
 
-def round_trip_snr_db(audio: np.ndarray, channels: int = DEFAULT_CHANNELS) -> float:
-    """SNR of `audio` (already in [-1, 1]) against decode(encode(audio)), blockwise."""
+def round_trip_snr_db(
+    audio: np.ndarray,
+    channels: int = DEFAULT_CHANNELS,
+    *,
+    codes: np.ndarray | None = None,
+    block: int = 1 << 18,
+) -> float:
+    """SNR in dB of `audio` against decode(encode(audio)), block by block (no full-size copies).
+
+    Pass `codes` when they are already computed, to skip re-encoding. Samples are clipped to
+    [-1, 1] first, as the encoder does, so the figure measures quantisation noise only.
+    """
     x = _as_float_samples(audio).reshape(-1)
+    if codes is not None and np.size(codes) != x.size:
+        raise ValueError(f"codes has {np.size(codes)} elements, audio has {x.size}")
+    flat_codes = None if codes is None else np.asarray(codes).reshape(-1)
     power = noise = 0.0
-    step = 1 << 18
-    for start in range(0, x.size, step):
-        xb = x[start : start + step]
+    for start in range(0, x.size, block):
+        xb = x[start : start + block]
+        if flat_codes is None:
+            cb = mu_law_encode(xb, channels)
+        else:
+            cb = flat_codes[start : start + block]
         xb64 = np.clip(xb, -1.0, 1.0).astype(np.float64)
-        eb = xb64 - mu_law_decode(mu_law_encode(xb, channels), channels)
+        eb = xb64 - mu_law_decode(cb, channels)
         power += float(np.dot(xb64, xb64))
         noise += float(np.dot(eb, eb))
     if noise == 0.0:
