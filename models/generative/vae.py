@@ -26,7 +26,7 @@ class VAEConfig(TrainConfig):
 
     latent_size: PositiveInt = 20
     """d, the dimension of the latent normal."""
-    hidden_sizes: tuple[PositiveInt, ...] = (512, 512)
+    hidden_sizes: tuple[PositiveInt, ...] = (1024,)
     """Encoder hidden widths; the decoder mirrors them. (400,) is the classic VAE."""
 
 

@@ -1,0 +1,279 @@
+"""Quality benchmark of the generative models on the shipped MNIST (and two moons), vs references.
+
+    python bench/generative.py                      # all three, real-run configs
+    python bench/generative.py --only vae --epochs 10 --device cpu
+
+- VAE: validation negative ELBO (nats/image) of VAEConfig() next to the classic 784-400-20 VAE
+  of the PyTorch examples, trained the same way (same split, epochs, batch size, Adam 1e-3).
+- RealNVP: validation bits/dim on dequantised MNIST, test NLL on two moons, inverse error.
+- GAN: share of generated digits that a small CNN trained on the real training split labels with
+  confidence > 0.9, next to the same share for real validation digits (the reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.generative.realnvp import RealNVPConfig  # noqa: E402
+from models.generative.training import TrainConfig, evaluate_in_batches, fit  # noqa: E402
+from models.generative.vae import VAEConfig  # noqa: E402
+from models.torch_utils import pick_device, seed_everything, set_threads  # noqa: E402
+from pipelines.generative import load_data, load_trained, make_config, train_model  # noqa: E402
+
+log = logging.getLogger("bench.generative")
+
+
+class ReferenceVAE(nn.Module):
+    """The PyTorch examples VAE (examples/vae/main.py), verbatim apart from names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(784, 400)
+        self.fc21 = nn.Linear(400, 20)
+        self.fc22 = nn.Linear(400, 20)
+        self.fc3 = nn.Linear(20, 400)
+        self.fc4 = nn.Linear(400, 784)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        std = torch.exp(0.5 * logvar)
+        return mu + torch.randn_like(std) * std
+
+    def decode(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z))))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encode(x.view(-1, 784))
+        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+
+
+def reference_loss(recon_x: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """The examples' loss: BCE summed over pixels and batch + KLD (we divide by the batch)."""
+    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return (bce + kld) / len(x)
+
+
+class ReferenceTrainer:
+    """Adapts ReferenceVAE to the fit loop so both VAEs see identical batches and epochs."""
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        self.config = config
+        self.model = ReferenceVAE().to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+
+    def train_step(self, batch: Tensor) -> dict[str, float]:
+        self.model.train()
+        loss = self._loss(batch)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def _loss(self, batch: Tensor) -> Tensor:
+        recon, mu, logvar = self.model(batch)
+        return reference_loss(recon, batch, mu, logvar)
+
+    @torch.no_grad()
+    def evaluate(self, data: Tensor) -> dict[str, float]:
+        self.model.eval()
+        return evaluate_in_batches(lambda c: {"loss": float(self._loss(c))}, data, 512)
+
+    def diagnostics(self, batch: Tensor) -> dict[str, float]:
+        return {}
+
+    def sample(self, n: int) -> Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN digit classifier used only to judge GAN samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 7, 7)
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
+            nn.Linear(128, 10),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def train_classifier(device: torch.device, epochs: int, seed: int = 0,
+                     ) -> tuple[DigitClassifier, float, Tensor]:
+    """Train on the GAN config's training split; return it, validation accuracy, val images."""
+    from features.mnist import load_mnist, split_indices
+
+    images, labels = load_mnist()
+    cfg = make_config("gan")
+    split = split_indices(len(images), val_fraction=cfg.val_fraction, seed=cfg.seed)
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(labels)
+    xt, yt = x[split.train].to(device), y[split.train].to(device)
+    xv, yv = x[split.validation].to(device), y[split.validation].to(device)
+    seed_everything(seed)
+    model = DigitClassifier().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(xt), generator=g).split(64):
+            idx = idx.to(device)
+            # light augmentation: random shifts of up to 2 pixels
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+            batch = torch.roll(xt[idx], shifts=(dy, dx), dims=(2, 3))
+            loss = F.cross_entropy(model(batch), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(xv).argmax(1) == yv).float().mean())
+    return model, acc, xv
+
+
+@torch.no_grad()
+def confident_share(classifier: nn.Module, images: Tensor, threshold: float = 0.9) -> float:
+    """Share of `images` whose top class probability exceeds `threshold`."""
+    probs = torch.cat([F.softmax(classifier(c), dim=1) for c in images.split(512)])
+    return float((probs.max(1).values > threshold).float().mean())
+
+
+def bench_vae(device: torch.device, epochs: int, root: Path) -> None:
+    started = time.perf_counter()
+    ours = train_model("vae", make_config("vae", {"epochs": epochs}), device=device, root=root)
+    ours_s = time.perf_counter() - started
+    ref_cfg = VAEConfig(epochs=epochs)  # same split, batch size, learning rate, seed
+    train, val = (t.to(device) for t in load_data(ref_cfg))
+    seed_everything(ref_cfg.seed)
+    ref = ReferenceTrainer(ref_cfg, device)
+    started = time.perf_counter()
+    ref_state = fit(ref, train, val, label="reference-vae")
+    ref_s = time.perf_counter() - started
+    ours_nelbo = ours.final["val_loss"]
+    ref_nelbo = ref_state.epoch_rows[-1]["val_loss"]
+    print(f"\n[vae] {epochs} epochs, {len(train)} train / {len(val)} validation images, {device}")
+    arch = make_config("vae").model_dump(include={"hidden_sizes", "latent_size"})
+    print(f"  ours {arch}: val -ELBO {ours_nelbo:.2f} nats/image "
+          f"(recon {ours.final['val_recon']:.2f} + KL {ours.final['val_kl']:.2f}), {ours_s:.0f}s")
+    print(f"  reference 784-400-20 (PyTorch examples): val -ELBO {ref_nelbo:.2f} nats/image, "
+          f"{ref_s:.0f}s")
+    print(f"  ratio ours/reference = {ours_nelbo / ref_nelbo:.4f} (lower is better), "
+          f"difference {ref_nelbo - ours_nelbo:+.2f} nats in our favour")
+    for row_o, row_r in zip(ours.epoch_rows, ref_state.epoch_rows, strict=True):
+        print(f"  epoch {int(row_o['epoch']):2d}: ours {row_o['val_loss']:.2f}  "
+              f"reference {row_r['val_loss']:.2f}")
+
+
+def bench_realnvp(device: torch.device, epochs: int | None, root: Path) -> None:
+    over = {"epochs": epochs} if epochs else {}
+    started = time.perf_counter()
+    mnist = train_model("realnvp", make_config("realnvp", over), device=device, root=root)
+    mnist_s = time.perf_counter() - started
+    trainer = load_trained(mnist.checkpoint, device)
+    cfg = trainer.config
+    assert isinstance(cfg, RealNVPConfig)
+    _, val = load_data(cfg)
+    from models.generative.realnvp import dequantise, logit_transform
+
+    with torch.no_grad():
+        y, _ = logit_transform(dequantise(val[:256].to(device)), cfg.alpha)
+        z, _ = trainer.model(y)  # type: ignore[attr-defined]
+        err = float((trainer.model.inverse(z) - y).abs().max())  # type: ignore[attr-defined]
+    print(f"\n[realnvp/mnist] {cfg.epochs} epochs, {cfg.n_couplings} couplings x "
+          f"{cfg.hidden_size} hidden, {device}: val bits/dim {mnist.final['val_bpd']:.3f} "
+          f"(train {mnist.final['train_bpd']:.3f}), {mnist_s:.0f}s; "
+          f"max |inverse(forward(y)) - y| = {err:.2e}")
+    for row in mnist.epoch_rows:
+        print(f"  epoch {int(row['epoch']):2d}: val bpd {row['val_bpd']:.3f}")
+    moons_over = {"dataset": "moons", "epochs": 200, "batch_size": 256, "hidden_size": 128,
+                  "n_couplings": 8, "learning_rate": 1e-3, "log_every": 1000}
+    started = time.perf_counter()
+    moons = train_model("realnvp", make_config("realnvp", moons_over), device=device, root=root)
+    print(f"[realnvp/moons] {moons_over}: test NLL {moons.final['val_nll']:.3f} nats "
+          f"(train {moons.final['train_nll']:.3f}), {time.perf_counter() - started:.0f}s; "
+          f"a single Gaussian fitted to the same data scores {gaussian_nll(moons_over):.3f}")
+
+
+def gaussian_nll(over: dict[str, Any]) -> float:
+    """Test NLL of a full-covariance Gaussian fitted to the moons training split (a reference)."""
+    train, val = load_data(make_config("realnvp", over))
+    mean, cov = train.mean(0), torch.cov(train.T)
+    dist = torch.distributions.MultivariateNormal(mean.double(), cov.double())
+    return float(-dist.log_prob(val.double()).mean())
+
+
+def bench_gan(device: torch.device, epochs: int | None, root: Path, clf_epochs: int) -> None:
+    over = {"epochs": epochs} if epochs else {}
+    started = time.perf_counter()
+    gan = train_model("gan", make_config("gan", over), device=device, root=root)
+    gan_s = time.perf_counter() - started
+    trainer = load_trained(gan.checkpoint, device)
+    clf, acc, xv = train_classifier(device, clf_epochs)
+    seed_everything(123)
+    samples = torch.cat([trainer.sample(500) for _ in range(4)]).to(device)
+    fake_share = confident_share(clf, samples)
+    real_share = confident_share(clf, xv)
+    cfg = trainer.config
+    print(f"\n[gan] {cfg.epochs} epochs ({cfg.generator_loss} loss), {gan_s:.0f}s on {device}; "
+          f"classifier val accuracy {acc:.4f}")
+    print(f"  confident (>0.9) share: generated {fake_share:.3f} (n={len(samples)}), "
+          f"real validation {real_share:.3f}; ratio {fake_share / real_share:.3f}")
+    import pyarrow.parquet as pq
+
+    steps = pq.read_table(gan.folder / "steps.parquet").to_pylist()
+    print("  step   D acc   D(G(z))   |grad G| non-sat   |grad G| sat")
+    for row in steps[:: max(1, len(steps) // 12)]:
+        print(f"  {int(row['step']):5d}  {row['d_accuracy_eval']:.3f}   {row['d_fake_mean']:.4f}"
+              f"    {row['g_grad_non_saturating']:.4f}           {row['g_grad_saturating']:.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="vae,realnvp,gan")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
+    parser.add_argument("--vae-epochs", type=int, default=10)
+    parser.add_argument("--classifier-epochs", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=None, help="keep runs here (default tmp)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    set_threads()
+    device = pick_device(args.device)
+    root = args.output or Path(tempfile.mkdtemp(prefix="bench-generative-"))
+    print(f"outputs under {root}; torch threads {torch.get_num_threads()}")
+    which = set(args.only.split(","))
+    if "vae" in which:
+        bench_vae(device, args.epochs or args.vae_epochs, root)
+    if "realnvp" in which:
+        bench_realnvp(device, args.epochs, root)
+    if "gan" in which:
+        bench_gan(device, args.epochs, root, args.classifier_epochs)
+
+
+if __name__ == "__main__":
+    main()
