@@ -243,16 +243,23 @@ def round_trip_snr_db(
         raise ValueError(f"codes has {np.size(codes)} elements, audio has {x.size}")
     flat_codes = None if codes is None else np.asarray(codes).reshape(-1)
     power = noise = 0.0
+    ref = np.empty(min(block, max(x.size, 1)), dtype=np.float32)  # (block,)
+    err = np.empty_like(ref)
     for start in range(0, x.size, block):
         xb = x[start : start + block]
         if flat_codes is None:
             cb = mu_law_encode(xb, channels)
         else:
             cb = flat_codes[start : start + block]
-        xb64 = np.clip(xb, -1.0, 1.0).astype(np.float64)
-        eb = xb64 - mu_law_decode(cb, channels)
-        power += float(np.dot(xb64, xb64))
-        noise += float(np.dot(eb, eb))
+        r, e = ref[: xb.size], err[: xb.size]
+        np.clip(xb, -1.0, 1.0, out=r)
+        mu_law_decode(cb, channels, out=e)
+        np.subtract(r, e, out=e)  # exact enough: both are float32 of similar magnitude
+        # Pairwise float32 sums per block (no BLAS threads), float64 across blocks.
+        np.square(e, out=e)
+        noise += float(e.sum())
+        np.square(r, out=r)
+        power += float(r.sum())
     if noise == 0.0:
         return float("inf")
     if power == 0.0:
