@@ -295,9 +295,10 @@ def read_catalogue_csv(path: Path) -> list[CatalogueEntry]:
     entries = []
     for i, raw in enumerate(reader):
         row = {(k or "").strip(): v for k, v in raw.items()}
-        name = _clean(row.get("file")) or f"<row {i + 2} of {path.name}: empty 'file'>"
+        name = _clean(row.get("file")) or ""  # rejected later, with the row number
         entries.append(CatalogueEntry(
-            file_id=i, file=name, path=path.parent / name, title=_clean(row.get("title")),
+            file_id=i, file=name or f"{path.name}:{i + 2}", path=path.parent / name,
+            title=_clean(row.get("title")),
             artist=_clean(row.get("artist")), kind=_clean(row.get("kind")),
             licence=_clean(row.get("licence") or row.get("license")),
         ))
@@ -358,6 +359,9 @@ def load_mono(path: Path, config: AudioConfig) -> MonoAudio:
     multichannel audio exists one block at a time. Raises FileRejected for unusable files.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileRejected(MISSING, f"names a folder ({path}), not an audio file; fill in or "
+                           "fix the catalogue's 'file' cell")
     if not path.exists():
         raise FileRejected(MISSING, "listed in the catalogue but not found at "
                            f"{path}; fix the path or remove the row")
@@ -402,6 +406,8 @@ def load_mono(path: Path, config: AudioConfig) -> MonoAudio:
     samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     if done == 0 or samples.size == 0:
         raise FileRejected(EMPTY, f"contains no decodable audio ({frames} frames announced)")
+    if done < frames:
+        log.warning("%s: decoded %d of the %d frames its header announces", path, done, frames)
     return MonoAudio(np.ascontiguousarray(samples, dtype=np.float32), rate, n_channels, done, fmt)
 
 
