@@ -627,27 +627,36 @@ def companding_png(channels: int = DEFAULT_CHANNELS) -> bytes:
     return _figure_bytes(fig)
 
 
+def _envelope(x: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bucket index, min, max) of `x` in about `buckets` equal slices, so peaks survive."""
+    size = max(1, x.size // buckets)
+    n = x.size // size * size
+    view = x[:n].reshape(-1, size)  # (buckets, size)
+    return np.arange(view.shape[0]) * size, view.min(axis=1), view.max(axis=1)
+
+
 def waveform_png(samples: np.ndarray, rate: int, channels: int, title: str) -> bytes:
     """One file before and after the round trip: the whole waveform and a 20 ms close-up."""
     plt = _pyplot()
     codes = mu_law_encode(samples, channels)
     decoded = mu_law_decode(codes, channels)
-    t = np.arange(samples.size) / rate
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5.5))
-    stride = max(1, samples.size // 20_000)  # keep the PNG light
-    top.plot(t[::stride], samples[::stride], lw=0.5, label="normalised input")
-    err = (samples - decoded)[::stride]
-    top.plot(t[::stride], err, lw=0.5, color="C3", label="round-trip error")
+    error = samples - decoded  # (n,)
     snr = round_trip_snr_db(samples, channels, codes=codes)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5.5))
+    at, lo, hi = _envelope(samples, 2000)
+    top.fill_between(at / rate, lo, hi, lw=0, color="C0", label="normalised input (min/max)")
+    at, lo, hi = _envelope(error * 10, 2000)
+    top.fill_between(at / rate, lo, hi, lw=0, color="C3", alpha=0.8, label="round-trip error x10")
     top.set(xlabel="seconds", ylabel="amplitude", title=f"{title}: SNR {snr:.1f} dB")
     top.legend(fontsize=8, loc="upper right")
-    centre = int(np.argmax(np.abs(samples)))
-    half = int(0.01 * rate)
-    lo, hi = max(0, centre - half), min(samples.size, centre + half)
-    ms = t[lo:hi] * 1e3
-    bottom.plot(ms, samples[lo:hi], lw=1.2, label="before (normalised input)")
-    bottom.step(ms, decoded[lo:hi], where="mid", lw=0.9, label=f"after ({channels}-code mu-law)")
-    bottom.set(xlabel="milliseconds", ylabel="amplitude", title="20 ms around the peak")
-    bottom.legend(fontsize=8)
+    centre, half = int(np.argmax(np.abs(samples))), int(0.01 * rate)
+    a, b = max(0, centre - half), min(samples.size, centre + half)
+    ms = np.arange(b - a) / rate * 1e3
+    bottom.plot(ms, samples[a:b], lw=1.4, label="before (normalised input)")
+    bottom.step(ms, decoded[a:b], where="mid", lw=0.9, label=f"after ({channels}-code mu-law)")
+    bottom.plot(ms, error[a:b] * 10, lw=0.8, color="C3", label="error x10")
+    bottom.set(xlabel=f"milliseconds after {a / rate:.3f} s", ylabel="amplitude",
+               title="20 ms around the loudest sample")
+    bottom.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _figure_bytes(fig)
