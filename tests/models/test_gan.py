@@ -1,0 +1,135 @@
+"""GAN: shapes, losses, the vanishing saturating gradient under a near-perfect D, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from features.mnist import load_mnist
+from models.generative.gan import (
+    Discriminator,
+    GANConfig,
+    GANTrainer,
+    Generator,
+    discriminator_loss,
+    generator_grad_norms,
+    generator_loss,
+    load_gan,
+    to_unit,
+)
+from models.generative.training import FitState, checkpoint_payload
+from models.torch_utils import save_checkpoint, set_threads
+from tests.conftest import cuda_devices
+
+set_threads(1)
+TINY = GANConfig(latent_size=8, width=8, batch_size=32, learning_rate=2e-3)
+
+
+def real_digits(n: int = 32) -> torch.Tensor:
+    """The first `n` shipped MNIST digits as (n, 1, 28, 28) grey levels in [0, 1]."""
+    images, _ = load_mnist()
+    return torch.from_numpy(images[:n]).float().div(255).unsqueeze(1)
+
+
+def test_shapes_and_ranges() -> None:
+    torch.manual_seed(0)
+    g, d = Generator(TINY), Discriminator(TINY)
+    fake = g(torch.randn(5, 8))
+    assert fake.shape == (5, 1, 28, 28) and fake.min() >= -1 and fake.max() <= 1
+    assert d(fake).shape == (5,)
+    samples = GANTrainer(TINY).sample(4)
+    assert samples.shape == (4, 1, 28, 28) and samples.min() >= 0 and samples.max() <= 1
+
+
+def test_losses_against_their_definitions() -> None:
+    logits = torch.tensor([-3.0, 0.0, 2.0])
+    d = torch.sigmoid(logits)
+    assert torch.allclose(generator_loss(logits, "saturating"), torch.log(1 - d).mean())
+    assert torch.allclose(generator_loss(logits, "non_saturating"), -torch.log(d).mean())
+    real = torch.tensor([1.0, 4.0])
+    expected = -(torch.log(torch.sigmoid(real)).mean() + torch.log(1 - d).mean())
+    assert torch.allclose(discriminator_loss(real, logits), expected)
+    with pytest.raises(ValueError, match="minimax"):
+        generator_loss(logits, "minimax")  # type: ignore[arg-type]
+
+
+def test_saturating_gradient_vanishes_when_d_is_near_perfect() -> None:
+    """Train only D against a fixed G until it separates real from fake, then compare."""
+    torch.manual_seed(0)
+    trainer = GANTrainer(TINY)
+    g, d = trainer.generator, trainer.discriminator
+    real = to_unit(real_digits(64))
+    z = torch.randn(64, TINY.latent_size)
+    with torch.no_grad():
+        fake = g(z)
+    opt = torch.optim.Adam(d.parameters(), lr=2e-3)
+    before = generator_grad_norms(g, d, z)  # an untrained D is unsure
+    for _ in range(100):
+        loss = discriminator_loss(d(real), d(fake))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        d_fake = torch.sigmoid(d(fake))
+        accuracy = 0.5 * (float((d(real) > 0).float().mean())
+                          + float((d_fake < 0.5).float().mean()))
+    assert accuracy == 1.0 and float(d_fake.max()) < 0.01  # near-perfect D
+    after = generator_grad_norms(g, d, z)
+    print(f"D(G(z)) max {float(d_fake.max()):.2e}; before {before}; after {after}")
+    # d/dlogit of log(1 - D) is -D(G(z)) ~ 0; of -log D it is -(1 - D(G(z))) ~ -1.
+    assert after["g_grad_saturating"] < 0.02 * after["g_grad_non_saturating"]
+    assert after["g_grad_non_saturating"] > 0.5 * before["g_grad_non_saturating"]
+    assert before["g_grad_saturating"] > 0.3 * before["g_grad_non_saturating"]
+
+
+def test_diagnostics_report_both_gradient_norms_and_d_accuracy() -> None:
+    torch.manual_seed(0)
+    out = GANTrainer(TINY).diagnostics(real_digits(16))
+    assert set(out) == {"g_grad_non_saturating", "g_grad_saturating", "d_accuracy_eval",
+                        "d_fake_mean"}
+    assert out["g_grad_non_saturating"] > 0 and 0 <= out["d_accuracy_eval"] <= 1
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_discriminator_overfits_one_batch(device: str) -> None:
+    torch.manual_seed(0)
+    trainer = GANTrainer(TINY, device)
+    batch = real_digits().to(device)
+    d_losses = [trainer.train_step(batch)["loss_d"] for _ in range(30)]
+    assert sum(d_losses[-5:]) / 5 < 0.5 * d_losses[0]
+
+
+@pytest.mark.parametrize("kind", ["non_saturating", "saturating"])
+def test_generator_learns_to_fool_a_fixed_discriminator(kind: str) -> None:
+    torch.manual_seed(0)
+    trainer = GANTrainer(TINY.model_copy(update={"generator_loss": kind}))
+    z = torch.randn(32, TINY.latent_size)
+    trainer.discriminator.requires_grad_(False)
+    losses = []
+    for _ in range(30):
+        loss = generator_loss(trainer.discriminator(trainer.generator(z)), kind)
+        trainer.opt_g.zero_grad()
+        loss.backward()
+        trainer.opt_g.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trainer = GANTrainer(TINY)
+    trainer.train_step(real_digits(8))
+    path = save_checkpoint(tmp_path / "gan.pt", checkpoint_payload("gan", trainer, FitState()))
+    loaded = load_gan(path)
+    assert loaded.config == TINY
+    trainer.generator.eval()
+    z = torch.randn(3, TINY.latent_size)
+    with torch.no_grad():
+        assert torch.equal(loaded.generator(z), trainer.generator(z))
+
+
+def test_config_rejects_unknown_loss() -> None:
+    with pytest.raises(ValueError, match="generator_loss"):
+        GANConfig(generator_loss="wasserstein")  # type: ignore[arg-type]
