@@ -201,7 +201,8 @@ def run_train(style: Path = DEFAULT_STYLE, images: Path | Sequence[Path] | None 
     """Train a fast transformation network for one style; write the checkpoint and loss curve.
 
     Training crops come from `images` (a folder or files; default the shipped content photos)
-    with random scale and flips. The style is resized to the crop size on its long side.
+    with random scale and flips. The style is resized to `train_config.style_size` (default the
+    crop size) on its long side.
     `preview` (if given) is stylised at the crop size as a sample.
     """
     loss_config, net_config = loss_config or StyleConfig(), net_config or TransformNetConfig()
@@ -211,7 +212,8 @@ def run_train(style: Path = DEFAULT_STYLE, images: Path | Sequence[Path] | None 
         seed_everything(train_config.seed)
         t0 = time.perf_counter()
         train_images = load_training_images(images, train_config.crop_size)
-        s = to_tensor(load_image(style, train_config.crop_size)).to(dev)
+        style_size = train_config.style_size or train_config.crop_size
+        s = to_tensor(load_image(style, style_size)).to(dev)
         loss = PerceptualLoss(load_vgg(dev), loss_config, s)
         net = TransformNet(net_config).to(dev)
         t1 = time.perf_counter()
@@ -229,7 +231,7 @@ def run_train(style: Path = DEFAULT_STYLE, images: Path | Sequence[Path] | None 
         result.timings = {"setup_s": t1 - t0, "train_s": t2 - t1,
                           "per_step_s": (t2 - t1) / len(history), "steps": len(history)}
         if preview is not None:
-            c = to_tensor(load_image(preview, train_config.crop_size)).to(dev)
+            c = to_tensor(load_image(preview, style_size)).to(dev)
             y = net.stylise(c)
             result.metrics |= {f"preview_{k}": v for k, v in loss.evaluate(y, c).items()}
             result.files["preview"] = write_bytes_atomic(

@@ -16,6 +16,7 @@ crops is judged by the same numbers at 512 px.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,6 +107,9 @@ class FastTrainConfig(BaseModel):
     """Crops per step."""
     crop_size: int = Field(default=256, ge=16)
     """Side of the square training crops, in pixels."""
+    style_size: int | None = Field(default=None, ge=16)
+    """Long side of the style image S in pixels (None: `crop_size`). It fixes the pixel scale
+    of the learned strokes; crops may be smaller than S since Gram matrices are size-normalised."""
     learning_rate: PositiveFloat = 1e-3
     """Adam step size."""
     seed: int = 0
@@ -380,8 +384,13 @@ def save_transform_net(path: Path, net: TransformNet, *, style_config: StyleConf
 def load_transform_net(path: Path, device: torch.device | str = "cpu"
                        ) -> tuple[TransformNet, dict[str, Any]]:
     """Rebuild a TransformNet from its checkpoint; also return the metadata (configs, style)."""
-    ckpt = load_checkpoint(Path(path), device)
-    if ckpt.get("kind") != CHECKPOINT_KIND:
+    try:
+        ckpt = load_checkpoint(Path(path), device)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path} is not a style transformation-network checkpoint "
+                         f"({type(exc).__name__} on load); "
+                         "pass a file from `recsys style train`") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path} is not a style transformation-network checkpoint "
                          f"(kind {ckpt.get('kind')!r}); pass a file from `recsys style train`")
     net = TransformNet(TransformNetConfig.model_validate(ckpt["config"]))
