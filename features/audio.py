@@ -86,11 +86,17 @@ def _encode_constants(mu: int) -> tuple[np.floating, np.floating, np.floating]:
     """
     t = _work_dtype(mu)
     inv, scale, c = t(1.0 / mu), t((mu / 2.0) / np.log2(1.0 + mu)), t(mu / 2.0 + 0.5)
-    at_zero = t(scale * np.log2(np.array([inv], dtype=t))[0])
-    offset = t(c - at_zero)
-    while t(at_zero + offset) < c:
+    # Calibrate with the very array operations `mu_law_encode` runs (numpy scalar arithmetic
+    # can round differently from its array loops).
+    at_zero = np.multiply(np.log2(np.full(64, inv, dtype=t)), scale)  # (64,) all equal
+
+    def zero_code(offset: np.floating) -> np.floating:
+        return np.add(at_zero, offset)[0]
+
+    offset = t(c - at_zero[0])
+    while zero_code(offset) < c:  # the smallest offset that puts x = 0 at or just above c
         offset = np.nextafter(offset, t(np.inf))
-    while t(at_zero + offset) >= np.nextafter(c, t(np.inf)):
+    while zero_code(np.nextafter(offset, t(-np.inf))) >= c:
         offset = np.nextafter(offset, t(-np.inf))
     return inv, scale, offset
 

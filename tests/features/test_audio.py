@@ -1,0 +1,253 @@
+"""Mu-law codec: known values, the reference formula as oracle, round trip, order, streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from features.audio import (
+    BLOCK,
+    code_dtype,
+    decode_table,
+    encode_blocks,
+    mu_law_decode,
+    mu_law_decode_torch,
+    mu_law_encode,
+    mu_law_encode_torch,
+    round_trip_snr_db,
+    snr_db,
+)
+from tests.conftest import cuda_devices
+
+CHANNELS = [2, 3, 16, 100, 256, 257, 1000, 1024, 1025, 4096, 65536]
+
+
+def reference_v(x: np.ndarray, channels: int) -> np.ndarray:
+    """The pre-floor value of torchaudio.functional.mu_law_encoding, written out literally.
+
+    float64 numpy on the clipped input (the reference itself does not clip).
+    """
+    mu = channels - 1
+    x = np.clip(x.astype(np.float64), -1.0, 1.0)
+    x_mu = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    return (x_mu + 1) / 2 * mu + 0.5
+
+
+def reference_codes(x: np.ndarray, channels: int) -> np.ndarray:
+    """Oracle codes: floor of `reference_v` (torchaudio truncates with .to(int64); v > 0)."""
+    return np.floor(reference_v(x, channels)).astype(np.int64)
+
+
+def torch_reference_codes(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """torchaudio's mu_law_encoding body, verbatim, in the tensor's own precision."""
+    mu = channels - 1.0
+    mu = torch.tensor(mu, dtype=x.dtype)
+    x_mu = torch.sign(x) * torch.log1p(mu * torch.abs(x)) / torch.log1p(mu)
+    return ((x_mu + 1) / 2 * mu + 0.5).to(torch.int64)
+
+
+def reference_decode(codes: np.ndarray, channels: int) -> np.ndarray:
+    """The exact inverse, written out: x = sign(y) ((1 + mu)^|y| - 1) / mu, y = code/mu*2 - 1."""
+    mu = channels - 1
+    y = codes.astype(np.float64) / mu * 2 - 1
+    return np.sign(y) * ((1 + mu) ** np.abs(y) - 1) / mu
+
+
+def samples(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Uniform samples plus log-uniform quiet ones (mu-law's fine region), float32."""
+    uniform = rng.uniform(-1, 1, n // 2)
+    quiet = rng.choice([-1, 1], n - n // 2) * 10.0 ** rng.uniform(-7, 0, n - n // 2)
+    return np.concatenate([uniform, quiet]).astype(np.float32)
+
+
+def assert_matches_oracle(
+    codes: np.ndarray, x: np.ndarray, channels: int, *, max_fraction: float = 1e-4
+) -> None:
+    """Equal to the oracle, except for samples within 1e-3 code units of a rounding boundary.
+
+    There, float32 rounding (ours or torchaudio's) may land one code away; they are rare.
+    """
+    v = reference_v(x, channels)
+    diff = codes.astype(np.int64) - np.floor(v).astype(np.int64)
+    off = np.flatnonzero(diff)
+    assert np.all(np.abs(diff[off]) <= 1), diff[off]
+    assert np.all(np.abs(v[off] - np.round(v[off])) < 1e-3), v[off]
+    assert off.size <= max(3, max_fraction * x.size), off.size
+
+
+def test_known_values() -> None:
+    x = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5], dtype=np.float32)
+    assert mu_law_encode(x).tolist() == [128, 128, 255, 0, 239, 16]
+    assert mu_law_encode(x).dtype == np.uint8
+
+
+def test_zero_and_ends_for_every_channel_count() -> None:
+    x = np.array([-1.0, -0.0, 0.0, 1.0], dtype=np.float32)
+    for channels in [*range(2, 1200), 4096, 65535, 65536]:
+        expected = reference_codes(x, channels).tolist()
+        assert mu_law_encode(x, channels).tolist() == expected, channels
+
+
+def test_clips_where_the_reference_does_not() -> None:
+    x = np.array([1.2, -1.2, 7.0, np.inf, -np.inf], dtype=np.float32)
+    mu = 255
+    unclipped = np.floor((np.log1p(mu * 1.2) / np.log1p(mu) + 1) / 2 * mu + 0.5)
+    assert unclipped == 259  # why we clip
+    assert mu_law_encode(x).tolist() == [255, 0, 255, 255, 0]
+
+
+def test_nan_encodes_as_top_code() -> None:
+    assert mu_law_encode(np.array([np.nan], dtype=np.float32)).tolist() == [255]
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_matches_reference_formula(rng: np.random.Generator, channels: int) -> None:
+    x = samples(rng, 200_000)
+    codes = mu_law_encode(x, channels)
+    assert codes.dtype == code_dtype(channels)
+    assert_matches_oracle(codes, x, channels)
+    ends = mu_law_encode(np.array([-1.0, 0.0, 1.0], dtype=np.float32), channels)
+    assert ends.tolist() == reference_codes(np.array([-1.0, 0.0, 1.0]), channels).tolist()
+
+
+@pytest.mark.parametrize("channels", [2, 16, 256, 1000, 65536])
+def test_torch_variant_matches_reference_formula(rng: np.random.Generator, channels: int) -> None:
+    x = samples(rng, 100_000)
+    codes = mu_law_encode_torch(torch.from_numpy(x), channels)
+    assert codes.dtype == (torch.uint8 if channels <= 256 else torch.int32)
+    assert_matches_oracle(codes.numpy(), x, channels)
+    # torchaudio's own float32 formula agrees with the float64 oracle to the same standard.
+    literal = torch_reference_codes(torch.from_numpy(x).clamp(-1, 1), channels)
+    if channels <= 1024:  # float32 cannot resolve 65536 codes; ours switches to float64 there
+        assert_matches_oracle(literal.numpy(), x, channels)
+
+
+def test_torch_variant_known_values() -> None:
+    x = torch.tensor([0.0, -0.0, 1.0, -1.0, 1.2, -1.2, float("nan")])
+    assert mu_law_encode_torch(x).tolist() == [128, 128, 255, 0, 255, 0, 255]
+
+
+@pytest.mark.parametrize("channels", [2, 256, 1000, 65536])
+def test_decode_is_the_exact_inverse(channels: int) -> None:
+    codes = np.arange(channels)
+    expected = reference_decode(codes, channels).astype(np.float32)
+    np.testing.assert_array_equal(decode_table(channels), expected)
+    np.testing.assert_array_equal(mu_law_decode(codes, channels), expected)
+    np.testing.assert_array_equal(mu_law_decode_torch(torch.from_numpy(codes), channels).numpy(),
+                                  expected)
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_decoded_levels_encode_to_themselves(channels: int) -> None:
+    codes = np.arange(channels).astype(code_dtype(channels))
+    np.testing.assert_array_equal(mu_law_encode(mu_law_decode(codes, channels), channels), codes)
+
+
+def round_trip_bound(x: np.ndarray, channels: int) -> np.ndarray:
+    """Half a code step in y maps to |dx| <= ln(1+mu)/mu^2 * (1 + mu|x|) * (1+mu)^(1/mu)."""
+    mu = channels - 1
+    x = np.clip(np.abs(x.astype(np.float64)), 0, 1)
+    return np.log1p(mu) / mu**2 * (1 + mu * x) * (1 + mu) ** (1 / mu) * (1 + 1e-4) + 1e-7
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    audio=arrays(np.float32, st.integers(1, 300),
+                 elements=st.floats(-1, 1, width=32, allow_subnormal=True)),
+    channels=st.sampled_from([16, 256, 1000]),
+)
+def test_round_trip_error_is_bounded(audio: np.ndarray, channels: int) -> None:
+    decoded = mu_law_decode(mu_law_encode(audio, channels), channels)
+    error = np.abs(decoded.astype(np.float64) - audio)
+    assert np.all(error <= round_trip_bound(audio, channels))
+    if channels == 256:
+        assert np.all(error <= 0.035)  # the house-style bound for mu = 255
+
+
+@settings(max_examples=100, deadline=None)
+@given(audio=arrays(np.float32, st.integers(2, 300), elements=st.floats(-1.5, 1.5, width=32)))
+def test_codes_are_monotone(audio: np.ndarray) -> None:
+    ordered = np.sort(audio)
+    assert np.all(np.diff(mu_law_encode(ordered).astype(np.int64)) >= 0)
+
+
+def test_codes_are_monotone_across_every_boundary() -> None:
+    # 64 consecutive float32 values either side of each of the 255 code boundaries, which sit
+    # where y = code / mu * 2 - 1 is half-way between two levels.
+    mu = 255
+    y = (np.arange(1, mu + 1) - 0.5) * 2 / mu - 1
+    edges = (np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu).astype(np.float32)
+    up, down, near = edges.copy(), edges.copy(), [edges]
+    for _ in range(64):
+        up, down = np.nextafter(up, np.float32(2)), np.nextafter(down, np.float32(-2))
+        near += [up, down]
+    x = np.sort(np.concatenate(near))
+    codes = mu_law_encode(x).astype(np.int64)
+    assert np.all(np.diff(codes) >= 0)
+    assert np.unique(codes).size == 256
+    assert_matches_oracle(codes, x, 256, max_fraction=1.0)  # all of them are near a boundary
+
+
+def test_block_streaming_equals_whole_array(rng: np.random.Generator) -> None:
+    x = samples(rng, 3 * BLOCK + 123)
+    whole = mu_law_encode(x)
+    for block in (1, 7, 1000, BLOCK, 10 * BLOCK):
+        np.testing.assert_array_equal(mu_law_encode(x, block=block), whole)
+    cuts = np.sort(rng.choice(x.size, 20, replace=False))
+    streamed = np.concatenate(list(encode_blocks(np.split(x, cuts))))
+    np.testing.assert_array_equal(streamed, whole)
+
+
+def test_shapes_dtypes_and_out(rng: np.random.Generator) -> None:
+    x = samples(rng, 600).reshape(2, 3, 100)
+    codes = mu_law_encode(x)
+    assert codes.shape == x.shape
+    np.testing.assert_array_equal(mu_law_encode(x.astype(np.float64)), codes)
+    np.testing.assert_array_equal(mu_law_encode(x[:, ::2]), codes[:, ::2])  # non-contiguous
+    out = np.empty(600, dtype=np.uint8)
+    assert mu_law_encode(x, out=out) is out
+    assert mu_law_encode(np.zeros(0, np.float32)).shape == (0,)
+    assert mu_law_decode(codes).shape == x.shape
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: mu_law_encode(np.array([1, 2], dtype=np.int16)),
+    lambda: mu_law_encode(np.zeros(3, np.float32), channels=1),
+    lambda: mu_law_encode(np.zeros(3, np.float32), channels=70_000),
+    lambda: mu_law_encode(np.zeros(3, np.float32), out=np.empty(3, np.int64)),
+    lambda: mu_law_decode(np.array([0, 300], dtype=np.int64)),
+    lambda: mu_law_decode(np.array([0, 200], dtype=np.uint8), channels=128),
+    lambda: mu_law_decode(np.array([0.5])),
+    lambda: mu_law_encode_torch(torch.tensor([1, 2])),
+    lambda: mu_law_decode_torch(torch.tensor([0, 256])),
+])
+def test_bad_arguments_say_what_to_do(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        bad()  # type: ignore[operator]
+
+
+def test_snr(rng: np.random.Generator) -> None:
+    t = np.arange(16_000) / 16_000
+    tone = (0.9 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    snr = round_trip_snr_db(tone)
+    assert 35 < snr < 45  # 8-bit mu-law on a loud tone
+    codes = mu_law_encode(tone)
+    assert round_trip_snr_db(tone, codes=codes) == snr
+    assert snr == pytest.approx(snr_db(tone, mu_law_decode(codes)), abs=1e-3)
+    assert snr_db(tone, tone) == float("inf")
+    assert round_trip_snr_db(tone, channels=65536) > snr + 40
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in cuda_devices(), reason="needs CUDA")
+def test_torch_variant_on_gpu_matches_cpu(rng: np.random.Generator) -> None:
+    x = torch.from_numpy(samples(rng, 1_000_000))
+    gpu = mu_law_encode_torch(x.cuda())
+    assert gpu.device.type == "cuda"
+    assert_matches_oracle(gpu.cpu().numpy(), x.numpy(), 256)
+    decoded = mu_law_decode_torch(gpu)
+    np.testing.assert_array_equal(decoded.cpu().numpy(), mu_law_decode(gpu.cpu().numpy()))
