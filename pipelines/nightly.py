@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import platform
 import time
@@ -25,7 +26,15 @@ from models.neighbours import PearsonConfig
 from pipelines import candidates as cand
 from pipelines import diversify as div
 from pipelines import embeddings, ingest, neighbours
-from pipelines.store import RunFolder, atomic_path, clean_stale, new_run_id, output_lock
+from pipelines import ranking as rk
+from pipelines.store import (
+    RunFolder,
+    atomic_path,
+    clean_stale,
+    new_run_id,
+    output_lock,
+    write_bytes_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +71,23 @@ class RunConfig(BaseModel):
     """ALS candidate source."""
     candidates: cand.CandidatesConfig = Field(default_factory=cand.CandidatesConfig)
     """How many candidates each source proposes."""
-    ranking: Literal["fusion"] = "fusion"
-    """How candidates are ordered before the diversity re-ranker."""
+    ranking: Literal["lightgbm", "fusion"] = "lightgbm"
+    """How candidates are ordered before the diversity re-ranker: the LightGBM ranker trained
+    on a time split of tonight's data, or reciprocal-rank fusion (the fallback)."""
+    ranker: rk.RankingConfig = Field(default_factory=rk.RankingConfig)
+    """LightGBM ranker settings."""
     fusion: div.FusionConfig = Field(default_factory=div.FusionConfig)
     """Reciprocal-rank fusion settings."""
     diversify: div.DiversifyConfig = Field(default_factory=div.DiversifyConfig)
     """List length and author cap."""
     output: OutputConfig = Field(default_factory=OutputConfig)
     """Output folder settings."""
+
+    def candidate_settings(self) -> rk.CandidateSettings:
+        """The candidate-generation part of this config."""
+        return rk.CandidateSettings(
+            user_neighbours=self.user_neighbours, item_neighbours=self.item_neighbours,
+            als=self.als, candidates=self.candidates)
 
     @classmethod
     def from_toml(cls, path: Path) -> RunConfig:
@@ -133,7 +151,8 @@ class Stage:
     name: str
     reads: tuple[str, ...]
     writes: tuple[str, ...]
-    fn: Callable[[Tables, RunConfig], dict[str, pa.Table]]
+    fn: Callable[[Tables, RunConfig], dict[str, Any]]
+    """Returns one Arrow table per name in `writes`, plus optional files (name -> bytes)."""
 
 
 def _ingest(_: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
@@ -160,8 +179,16 @@ def _candidates(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
         t["user_factors"], t["item_factors"], cfg.candidates)}
 
 
-def _rank(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
-    return {"scored": div.fuse(t["candidates"], cfg.fusion)}
+def _rank(t: Tables, cfg: RunConfig) -> dict[str, Any]:
+    if cfg.ranking == "fusion":
+        return {"scored": div.fuse(t["candidates"], cfg.fusion)}
+    settings = cfg.candidate_settings()
+    model = rk.fit_ranker(t["interactions"], t["items"], settings, cfg.ranker)
+    cs = rk.CandidateSet(t["candidates"], t["user_neighbours"], t["item_neighbours"],
+                              t["user_factors"], t["item_factors"])
+    feats = rk.features_for(cs, t["interactions"], t["items"], settings)
+    return {"scored": rk.score(model, feats, t["candidates"]),
+            "ranker.json": json.dumps(model.to_dict()).encode()}
 
 
 def _diversify(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
@@ -177,7 +204,11 @@ CANDIDATES = Stage(
     ("interactions", "items", "user_neighbours", "item_neighbours", "user_factors",
      "item_factors"),
     ("candidates",), _candidates)
-RANK = Stage("rank", ("candidates",), ("scored",), _rank)
+RANK = Stage(
+    "rank",
+    ("interactions", "items", "candidates", "user_neighbours", "item_neighbours",
+     "user_factors", "item_factors"),
+    ("scored",), _rank)
 DIVERSIFY = Stage("diversify", ("scored", "items"), ("recommendations",), _diversify)
 
 STAGES: tuple[Stage, ...] = (
@@ -204,10 +235,14 @@ def execute(stage: Stage, run: RunFolder, cfg: RunConfig) -> StageReport:
     start = time.perf_counter()
     inputs = {name: read_table(run, name) for name in stage.reads}
     outputs = stage.fn(inputs, cfg)
+    files = {k: v for k, v in outputs.items() if isinstance(v, bytes)}
+    outputs = {k: v for k, v in outputs.items() if k not in files}
     if stray := set(outputs) ^ set(stage.writes):
         raise RuntimeError(f"stage {stage.name}: outputs differ from its contract by {stray}")
     for name in stage.writes:
         run.write_table(name, outputs[name])
+    for name, data in files.items():
+        write_bytes_atomic(data, run.path(name))
     if stage is INGEST:
         write_warehouse(run, outputs)
     seconds = time.perf_counter() - start

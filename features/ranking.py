@@ -1,0 +1,114 @@
+"""Features per (user, candidate) for the learning-to-rank model, computed with polars."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from features.columns import AUTHOR_ID, ITEM_ID, N_SOURCES, NEIGHBOUR_ID, TS, USER_ID, WEIGHT
+
+
+def _df(table: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
+def candidate_features(
+    candidates: pa.Table, history: pa.Table, items: pa.Table, item_neighbours: pa.Table,
+    user_factors: pa.Table, item_factors: pa.Table, *, recent_days: float = 30.0,
+) -> pl.DataFrame:
+    """One row per candidate with every feature, keyed by (user_id, item_id).
+
+    Features: each source's score and rank (null = not proposed), n_sources; item popularity
+    all-time and in the recent window (and both as shares); item mean weight (mean rating where
+    ratings exist); days since the item's first and last interaction; user activity, mean weight
+    and days since the user's last interaction; the user's affinity to the item's author (share
+    of the user's history by that author) and whether the author is unknown; the ALS dot product
+    for every candidate; item-neighbourhood support (how many of the user's items have the
+    candidate among their Pearson neighbours, and the sum of those weights).
+    """
+    cand = _df(candidates)
+    hist = _df(history.select([USER_ID, ITEM_ID, WEIGHT, TS]))
+    has_ts = hist[TS].null_count() < hist.height
+    t_max = hist[TS].max() if has_ts else None
+    n_users = max(hist[USER_ID].n_unique(), 1)
+
+    item_stats = hist.group_by(ITEM_ID).agg(
+        pl.len().cast(pl.Float64).alias("item_pop"),
+        pl.col(WEIGHT).mean().alias("item_mean_weight"),
+        *([
+            (pl.col(TS) >= pl.lit(t_max) - timedelta(days=recent_days)).sum().cast(pl.Float64)
+            .alias("item_pop_recent"),
+            ((pl.lit(t_max) - pl.col(TS).min()).dt.total_seconds() / 86400).alias(
+                "item_days_since_first"),
+            ((pl.lit(t_max) - pl.col(TS).max()).dt.total_seconds() / 86400).alias(
+                "item_days_since_last"),
+        ] if has_ts else [pl.len().cast(pl.Float64).alias("item_pop_recent")]),
+    ).with_columns((pl.col("item_pop") / n_users).alias("item_pop_share"))
+    user_stats = hist.group_by(USER_ID).agg(
+        pl.len().cast(pl.Float64).alias("user_activity"),
+        pl.col(WEIGHT).mean().alias("user_mean_weight"),
+        *([((pl.lit(t_max) - pl.col(TS).max()).dt.total_seconds() / 86400).alias(
+            "user_days_since_last")] if has_ts else []),
+    )
+    authors = _df(items.select([ITEM_ID, AUTHOR_ID]))
+    user_author = hist.join(authors, on=ITEM_ID, how="left").group_by([USER_ID, AUTHOR_ID]).agg(
+        pl.len().cast(pl.Float64).alias("_author_n"))
+    feats = (
+        cand.join(item_stats, on=ITEM_ID, how="left")
+        .join(user_stats, on=USER_ID, how="left")
+        .join(authors, on=ITEM_ID, how="left")
+        .join(user_author, on=[USER_ID, AUTHOR_ID], how="left")
+        .with_columns(
+            (pl.col("_author_n").fill_null(0) / pl.col("user_activity")).alias("author_affinity"),
+            pl.col(AUTHOR_ID).str.starts_with("item:").cast(pl.Int8).alias("author_unknown"),
+            pl.col(N_SOURCES).cast(pl.Float64),
+        )
+        .drop(["_author_n", AUTHOR_ID])
+    )
+    # Item-neighbourhood support: join the user's items with their neighbour lists.
+    inb = _df(item_neighbours.select([ITEM_ID, NEIGHBOUR_ID, WEIGHT])).rename(
+        {ITEM_ID: "_src", NEIGHBOUR_ID: ITEM_ID, WEIGHT: "_w"})
+    support = (
+        hist.select([USER_ID, pl.col(ITEM_ID).alias("_src")])
+        .join(inb, on="_src", how="inner")
+        .join(cand.select([USER_ID, ITEM_ID]), on=[USER_ID, ITEM_ID], how="semi")
+        .group_by([USER_ID, ITEM_ID])
+        .agg(pl.len().cast(pl.Float64).alias("inb_support"), pl.col("_w").sum().alias("inb_sum"))
+    )
+    feats = feats.join(support, on=[USER_ID, ITEM_ID], how="left").with_columns(
+        pl.col("inb_support").fill_null(0.0), pl.col("inb_sum").fill_null(0.0))
+    return feats.with_columns(pl.Series("als_dot", als_dot(feats, user_factors, item_factors)))
+
+
+def als_dot(pairs: pl.DataFrame, user_factors: pa.Table, item_factors: pa.Table) -> np.ndarray:
+    """<p_u, q_i> for every (user_id, item_id) row of `pairs`; NaN where a factor is missing."""
+    def lookup(table: pa.Table, key: str, ids: pl.Series
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        index = pl.DataFrame({key: table.column(key).to_pylist(), "_row": np.arange(
+            table.num_rows)})
+        rows = pl.DataFrame({key: ids}).join(index, on=key, how="left")["_row"]
+        flat = table.column("factors").combine_chunks().flatten().to_numpy()
+        mat = flat.reshape(table.num_rows, -1) if table.num_rows else np.zeros((0, 1))
+        ok = rows.is_not_null().to_numpy()
+        return mat, np.where(ok, rows.fill_null(0).to_numpy(), 0), ok
+
+    umat, urow, uok = lookup(user_factors, USER_ID, pairs[USER_ID])
+    imat, irow, iok = lookup(item_factors, ITEM_ID, pairs[ITEM_ID])
+    if not len(umat) or not len(imat):
+        return np.full(pairs.height, np.nan)
+    dots = np.empty(pairs.height, dtype=np.float64)
+    step = 200_000  # bounds the (step, factors) gathers
+    for start in range(0, pairs.height, step):
+        sl = slice(start, start + step)
+        dots[sl] = np.einsum("ij,ij->i", umat[urow[sl]], imat[irow[sl]])
+    return np.where(uok & iok, dots, np.nan)
+
+
+def feature_columns(features: pl.DataFrame) -> list[str]:
+    """The numeric model inputs: every column except the keys and the label."""
+    return [c for c in features.columns if c not in (USER_ID, ITEM_ID, "label")]

@@ -1,0 +1,128 @@
+"""LambdaRanker: LightGBM learning-to-rank (lambdarank), one query group per user."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.errors import NotFittedError
+
+
+class RankerConfig(BaseModel):
+    """LightGBM lambdarank settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    learning_rate: float = Field(0.05, gt=0)
+    """Shrinkage per boosting round."""
+    num_leaves: int = Field(31, ge=2)
+    """Leaves per tree."""
+    min_data_in_leaf: int = Field(50, ge=1)
+    """Least rows per leaf."""
+    feature_fraction: float = Field(0.9, gt=0, le=1)
+    """Share of features sampled per tree."""
+    epochs: int = Field(500, ge=1)
+    """Most boosting rounds; early stopping usually ends sooner."""
+    early_stopping: int = Field(30, ge=1)
+    """Stop when validation NDCG@10 has not improved for this many rounds."""
+    eval_at: int = Field(10, ge=1)
+    """k of the NDCG@k that lambdarank optimises and early stopping watches."""
+    valid_fraction: float = Field(0.2, gt=0, lt=1)
+    """Share of users held out for early stopping."""
+    seed: int = 0
+    """Seed of LightGBM and of the validation users."""
+    threads: int = Field(1, ge=1)
+    """LightGBM threads (1 is fastest on a busy 2-core machine)."""
+
+
+class LambdaRanker:
+    """Fit on grouped rows (users), predict a score per row; `fit` returns self."""
+
+    def __init__(self, config: RankerConfig, features: list[str] | None = None) -> None:
+        self.config = config
+        self.features = features or []
+        self._booster: Any = None
+        self.best_iteration = 0
+
+    def fit(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, features: list[str]
+            ) -> LambdaRanker:
+        """Train on rows `x` (n, f) with 0/1 labels `y` and per-row group ids `groups` (n,).
+
+        Rows must be sorted by group. Groups without a positive carry no ranking signal and are
+        dropped; a seeded share of the remaining groups is held out for early stopping.
+        """
+        import lightgbm as lgb
+
+        c = self.config
+        self.features = list(features)
+        uniq, starts, sizes = np.unique(groups, return_index=True, return_counts=True)
+        order = np.argsort(starts)
+        uniq, starts, sizes = uniq[order], starts[order], sizes[order]
+        pos = np.add.reduceat(y, starts) if len(y) else np.zeros(0)
+        useful = pos > 0
+        if useful.sum() < 2:
+            raise ValueError("the ranker needs at least two users with a relevant candidate; "
+                             "the data is too small or the candidates miss every target item")
+        rng = np.random.default_rng(c.seed)
+        is_valid = (rng.random(len(uniq)) < c.valid_fraction) & useful
+        if is_valid.sum() == 0:
+            is_valid[np.flatnonzero(useful)[0]] = True
+        is_train = useful & ~is_valid
+        row_group = np.repeat(np.arange(len(uniq)), sizes)
+        params = {
+            "objective": "lambdarank", "metric": "ndcg", "eval_at": [c.eval_at],
+            "learning_rate": c.learning_rate, "num_leaves": c.num_leaves,
+            "min_data_in_leaf": c.min_data_in_leaf, "feature_fraction": c.feature_fraction,
+            "lambdarank_truncation_level": max(c.eval_at * 2, 20),
+            "seed": c.seed, "deterministic": True, "force_row_wise": True,
+            "num_threads": c.threads, "verbose": -1,
+        }
+        tr, va = is_train[row_group], is_valid[row_group]
+        dtrain = lgb.Dataset(x[tr], y[tr], group=sizes[is_train], feature_name=self.features,
+                             free_raw_data=True)
+        dvalid = lgb.Dataset(x[va], y[va], group=sizes[is_valid], reference=dtrain)
+        self._booster = lgb.train(
+            params, dtrain, num_boost_round=c.epochs, valid_sets=[dvalid],
+            callbacks=[lgb.early_stopping(c.early_stopping, verbose=False)],
+        )
+        self.best_iteration = int(self._booster.best_iteration or c.epochs)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Scores (n,) for rows with the fitted feature order."""
+        if self._booster is None:
+            raise NotFittedError(type(self).__name__)
+        return np.asarray(self._booster.predict(x, num_iteration=self.best_iteration))
+
+    def importance(self) -> dict[str, float]:
+        """Total gain per feature."""
+        if self._booster is None:
+            raise NotFittedError(type(self).__name__)
+        gains = self._booster.feature_importance("gain")
+        return dict(zip(self.features, (float(g) for g in gains), strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The model with its feature list and config (JSON-safe)."""
+        if self._booster is None:
+            raise NotFittedError(type(self).__name__)
+        return {"config": self.config.model_dump(), "features": self.features,
+                "best_iteration": self.best_iteration,
+                "model": self._booster.model_to_string(num_iteration=self.best_iteration)}
+
+    def save(self, path: Path) -> None:
+        """Write `to_dict()` as JSON (callers make it atomic)."""
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LambdaRanker:
+        """Rebuild a fitted ranker from `to_dict()` output, with no outside knowledge."""
+        import lightgbm as lgb
+
+        model = cls(RankerConfig.model_validate(data["config"]), list(data["features"]))
+        model._booster = lgb.Booster(model_str=data["model"])
+        model.best_iteration = int(data["best_iteration"])
+        return model
