@@ -390,9 +390,10 @@ def load_transform_net(path: Path, device: torch.device | str = "cpu"
         raise ValueError(f"{path} is not a style transformation-network checkpoint "
                          f"({type(exc).__name__} on load); "
                          "pass a file from `recsys style train`") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+    kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+    if kind != CHECKPOINT_KIND:
         raise ValueError(f"{path} is not a style transformation-network checkpoint "
-                         f"(kind {ckpt.get('kind')!r}); pass a file from `recsys style train`")
+                         f"(kind {kind!r}); pass a file from `recsys style train`")
     net = TransformNet(TransformNetConfig.model_validate(ckpt["config"]))
     net.load_state_dict(ckpt["state_dict"])
     meta = {
