@@ -89,6 +89,8 @@ def train(
     images: Annotated[Path | None, typer.Option(
         help="Folder of training photos (default: the shipped content images).")] = None,
     size: Annotated[int, typer.Option(help="Side of the square training crops.")] = 256,
+    style_size: Annotated[int | None, typer.Option(
+        help="Long side of the style image in px: the stroke scale (default: --size).")] = None,
     steps: Annotated[int, typer.Option(help="Training steps (batches).")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 4,
     learning_rate: Annotated[float, typer.Option(help="Adam step size.")] = 1e-3,
@@ -114,7 +116,8 @@ def train(
         loss_config=StyleConfig(content_weight=content_weight, style_weight=style_weight),
         net_config=TransformNetConfig(channels=channels, n_residual=n_residual),
         train_config=FastTrainConfig(steps=steps, batch_size=batch_size, crop_size=size,
-                                     learning_rate=learning_rate, seed=seed),
+                                     style_size=style_size, learning_rate=learning_rate,
+                                     seed=seed),
         device=device, run_id=run_id))
 
 
