@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
     parser.add_argument("--vae-epochs", type=int, default=10)
-    parser.add_argument("--classifier-epochs", type=int, default=5)
+    parser.add_argument("--classifier-epochs", type=int, default=10)
     parser.add_argument("--output", type=Path, default=None, help="keep runs here (default tmp)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
