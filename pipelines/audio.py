@@ -81,6 +81,8 @@ class AudioConfig(BaseModel):
     """Frames decoded per read, which bounds memory for the source-rate audio."""
     plot_file: str | None = None
     """Catalogue `file` drawn in waveform.png; default: the first file that encoded."""
+    figures: bool = True
+    """Draw companding.png and waveform.png (matplotlib adds about a second to a run)."""
 
     @classmethod
     def from_toml(cls, path: Path) -> AudioConfig:
@@ -524,6 +526,8 @@ def encode_catalogue(
 
 def render_figures(result: EncodeResult, config: AudioConfig, run: RunFolder) -> list[Path]:
     """Draw companding.png and, when a file encoded, waveform.png (before and after)."""
+    if not config.figures:
+        return []
     paths = [write_bytes_atomic(companding_png(config.channels), run.path(TOPIC,
                                                                           "companding.png"))]
     chosen = [e for e in result.encoded if config.plot_file in (None, e.entry.file)]
