@@ -227,9 +227,13 @@ def _publish(model_name: str, trainer: GenerativeTrainer, state: FitState, val: 
     else:
         images["samples"] = png_bytes(image_grid(samples.numpy()))
     if isinstance(trainer, VAETrainer):
-        originals = val[: min(32, len(val))]
-        pairs = torch.cat([originals.cpu(), trainer.reconstruct(originals)])
-        images["reconstructions"] = png_bytes(image_grid(pairs.numpy(), nrow=len(originals)))
+        width = min(8, len(val))
+        originals = val[: min(32, len(val)) // width * width].cpu()
+        recons = trainer.reconstruct(originals)
+        # Rows alternate: `width` validation digits, then their reconstructions underneath.
+        rows = [t for i in range(0, len(originals), width)
+                for t in (originals[i:i + width], recons[i:i + width])]
+        images["reconstructions"] = png_bytes(image_grid(torch.cat(rows).numpy(), nrow=width))
     for name, data in images.items():
         write_bytes_atomic(data, run.path(*sub, f"{name}.png"))
     final = state.epoch_rows[-1] if state.epoch_rows else {}
