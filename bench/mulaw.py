@@ -36,6 +36,7 @@ from pipelines.audio import AudioConfig, load_catalogue, load_mono, normalise_pe
 SHARED = REPO.parent / "shared" / "data" / "audio"
 RATE = 16_000
 HOUR = 3600 * RATE
+CAST = "cast float32 -> uint8 (same traffic as encode)"
 
 
 def textbook(audio: np.ndarray, channels: int = 256) -> np.ndarray:
@@ -139,7 +140,7 @@ def main() -> None:
                 (n, best_of(lambda: np.multiply(hour, np.float32(2), out=doubled), args.repeats)),
             "multiply, allocating (x * 2)":
                 (n, best_of(lambda: hour * np.float32(2), args.repeats)),
-            "cast float32 -> uint8 (encode's memory traffic)":
+            CAST:
                 (n, best_of(lambda: np.copyto(codes, hour, casting="unsafe"), args.repeats)),
             "mu_law_encode (ours, float32 blocks)":
                 (n, best_of(lambda: mu_law_encode(hour, out=codes), args.repeats)),
@@ -164,7 +165,7 @@ def main() -> None:
     print(f"elementwise (allocating) / ours = "
           f"{rates['multiply, allocating (x * 2)'] / ours:.2f}x")
     print(f"same-traffic cast / ours = "
-          f"{rates['cast float32 -> uint8 (encode' + chr(39) + 's memory traffic)'] / ours:.2f}x")
+          f"{rates[CAST] / ours:.2f}x")
     book = rates[f"textbook numpy formula ({args.textbook_seconds} s slice)"]
     print(f"ours / textbook = {ours / book:.1f}x")
     print(f"encode speed: {ours / RATE:,.0f}x real time at {RATE} Hz")
