@@ -82,7 +82,42 @@ def candidate_features(
     )
     feats = feats.join(support, on=[USER_ID, ITEM_ID], how="left").with_columns(
         pl.col("inb_support").fill_null(0.0), pl.col("inb_sum").fill_null(0.0))
-    return feats.with_columns(pl.Series("als_dot", als_dot(feats, user_factors, item_factors)))
+    feats = feats.with_columns(pl.Series("als_dot", als_dot(feats, user_factors, item_factors)))
+    if has_ts:
+        feats = feats.with_columns(**popularity_at_user_time(feats, hist, recent_days))
+    return feats
+
+
+def popularity_at_user_time(pairs: pl.DataFrame, hist: pl.DataFrame, recent_days: float
+                            ) -> dict[str, pl.Series]:
+    """Item popularity as of each user's own last activity, not the data's end.
+
+    Users rate in sessions spread over years, so "popular now" differs per user. For each
+    (user, item) with t_u = the user's last time stamp: the item's interactions up to t_u, in
+    the `recent_days` before t_u, and the item's age at t_u in days. One sorted array of
+    (item, time) keys and two binary searches per row; no per-user loops.
+    """
+    items = pl.concat([hist[ITEM_ID], pairs[ITEM_ID]]).unique().sort()
+    code = pl.DataFrame({ITEM_ID: items, "_code": np.arange(len(items), dtype=np.int64)})
+    ev = hist.select(ITEM_ID, pl.col(TS).dt.epoch("s").alias("_t")).join(code, on=ITEM_ID)
+    shift = np.int64(1) << 36  # > any epoch second here; keys = item * shift + time
+    keys = np.sort(ev["_code"].to_numpy() * shift + ev["_t"].to_numpy())
+    last = hist.group_by(USER_ID).agg(pl.col(TS).max().dt.epoch("s").alias("_tu"))
+    rows = pairs.select(USER_ID, ITEM_ID).join(last, on=USER_ID, how="left", maintain_order="left"
+                                              ).join(code, on=ITEM_ID, how="left",
+                                                     maintain_order="left")
+    base = rows["_code"].to_numpy() * shift
+    t_u = rows["_tu"].to_numpy()
+    first = np.searchsorted(keys, base, side="left")  # first event of the item
+    upto = np.searchsorted(keys, base + t_u, side="right")
+    since = np.maximum(first, np.searchsorted(keys, base + t_u - int(recent_days * 86400)))
+    end = np.searchsorted(keys, base + shift, side="left")
+    first_t = np.where(end > first, keys[np.minimum(first, len(keys) - 1)] - base, t_u)
+    return {
+        "item_pop_at_user_time": pl.Series((upto - first).astype(np.float64)),
+        "item_pop_recent_at_user_time": pl.Series((upto - since).astype(np.float64)),
+        "item_age_at_user_time": pl.Series((t_u - first_t) / 86400.0),
+    }
 
 
 def als_dot(pairs: pl.DataFrame, user_factors: pa.Table, item_factors: pa.Table) -> np.ndarray:

@@ -89,6 +89,33 @@ def run(
     typer.echo(f"total {time.perf_counter() - start:.1f} s")
 
 
+@app.command()
+@friendly_errors
+def evaluate(
+    config: ConfigOpt = None, preset: PresetOpt = None, data: DataOpt = None,
+    output: OutputOpt = None,
+    engine: Annotated[str, typer.Option(help="prefect (default) or local.")] = "prefect",
+) -> None:
+    """Compare every approach (sources, fusion, ranker, diversity) under the hold-out protocol.
+
+    Writes evaluation.parquet and evaluation.md to a run folder (runs/latest is not moved).
+    """
+    configure_process()
+    cfg = load_config(config, preset, data, output)
+    if engine == "local":
+        from pipelines.nightly import run_nightly
+
+        path = run_nightly(cfg, evaluate_only=True).path
+    elif engine == "prefect":
+        from flows.recommend import offline_evaluation
+
+        path = Path(str(offline_evaluation(config=cfg)["path"]))
+    else:
+        raise ValueError(f"--engine must be prefect or local, got {engine!r}")
+    typer.echo((path / "evaluation.md").read_text())
+    typer.echo(f"written to {path}")
+
+
 @app.command("show-config")
 @friendly_errors
 def show_config(config: ConfigOpt = None, preset: PresetOpt = None, data: DataOpt = None,

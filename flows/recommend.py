@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -41,6 +42,14 @@ def publish_artifacts(result: RunResult) -> None:
              "rows": ", ".join(f"{k}={v}" for k, v in r.rows.items())} for r in result.reports]
     create_table_artifact(key="nightly-stages", table=rows,
                           description=f"Stages of run {result.run_id}")
+    evaluation = result.path / "evaluation.parquet"
+    if evaluation.exists():
+        metrics = pq.read_table(evaluation).to_pylist()
+        create_table_artifact(
+            key="offline-evaluation",
+            table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                   for r in metrics],
+            description="NDCG@10, Recall@20, coverage and author diversity per approach")
     create_markdown_artifact(
         key="nightly-output",
         markdown=(f"# Run {result.run_id}\n\nPublished to `{result.path}` "
@@ -60,6 +69,18 @@ def nightly_recommendations(config_path: Path | None = None, run_id: str | None 
         lambda stage, run: _call(stage, run, cfg),
         lambda stages, run: _parallel(stages, run, cfg),
     )
+    publish_artifacts(result)
+    return {"run_id": result.run_id, "path": str(result.path),
+            "stages": [r.__dict__ for r in result.reports]}
+
+
+@flow(name="offline-evaluation", log_prints=True)
+def offline_evaluation(config: RunConfig | None = None, run_id: str | None = None
+                       ) -> dict[str, object]:
+    """Ingest, then compare every approach under the fixed hold-out protocol."""
+    cfg = config or RunConfig()
+    result = nightly.run_with(cfg, run_id, lambda stage, run: _call(stage, run, cfg),
+                              evaluate_only=True)
     publish_artifacts(result)
     return {"run_id": result.run_id, "path": str(result.path),
             "stages": [r.__dict__ for r in result.reports]}

@@ -25,7 +25,7 @@ from models.als import AlsConfig
 from models.neighbours import PearsonConfig
 from pipelines import candidates as cand
 from pipelines import diversify as div
-from pipelines import embeddings, ingest, neighbours
+from pipelines import embeddings, ingest, neighbours, offline
 from pipelines import ranking as rk
 from pipelines.store import (
     RunFolder,
@@ -80,6 +80,8 @@ class RunConfig(BaseModel):
     """Reciprocal-rank fusion settings."""
     diversify: div.DiversifyConfig = Field(default_factory=div.DiversifyConfig)
     """List length and author cap."""
+    evaluation: offline.EvaluationConfig = Field(default_factory=offline.EvaluationConfig)
+    """The offline evaluation stage (protocol in README 'Offline evaluation')."""
     output: OutputConfig = Field(default_factory=OutputConfig)
     """Output folder settings."""
 
@@ -195,6 +197,13 @@ def _diversify(t: Tables, cfg: RunConfig) -> dict[str, pa.Table]:
     return {"recommendations": div.diversify(t["scored"], t["items"], cfg.diversify)}
 
 
+def _evaluate(t: Tables, cfg: RunConfig) -> dict[str, Any]:
+    ev = offline.evaluate_models(
+        t["interactions"], t["items"], cfg.candidate_settings(), cfg.ranker, cfg.fusion,
+        cfg.diversify, cfg.evaluation.split)
+    return {"evaluation": ev.table, "evaluation.md": ev.report.encode()}
+
+
 INGEST = Stage("ingest", (), ("interactions", "items", "rejected"), _ingest)
 USER_NEIGHBOURS = Stage("user_neighbours", ("interactions",), ("user_neighbours",), _user_nbrs)
 ITEM_NEIGHBOURS = Stage("item_neighbours", ("interactions",), ("item_neighbours",), _item_nbrs)
@@ -210,9 +219,10 @@ RANK = Stage(
      "user_factors", "item_factors"),
     ("scored",), _rank)
 DIVERSIFY = Stage("diversify", ("scored", "items"), ("recommendations",), _diversify)
+EVALUATE = Stage("evaluate", ("interactions", "items"), ("evaluation",), _evaluate)
 
 STAGES: tuple[Stage, ...] = (
-    INGEST, USER_NEIGHBOURS, ITEM_NEIGHBOURS, ALS, CANDIDATES, RANK, DIVERSIFY)
+    INGEST, USER_NEIGHBOURS, ITEM_NEIGHBOURS, ALS, CANDIDATES, RANK, DIVERSIFY, EVALUATE)
 PARALLEL = (USER_NEIGHBOURS, ITEM_NEIGHBOURS, ALS)  # independent given `interactions`
 
 
@@ -333,20 +343,23 @@ def prune_runs(root: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def run_nightly(cfg: RunConfig, run_id: str | None = None) -> RunResult:
+def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: bool = False
+                ) -> RunResult:
     """Run every stage in order and publish, without Prefect (tests, scripts, debugging)."""
-    return run_with(cfg, run_id, lambda stage, run: execute(stage, run, cfg))
+    return run_with(cfg, run_id, lambda stage, run: execute(stage, run, cfg),
+                    evaluate_only=evaluate_only)
 
 
 def run_with(cfg: RunConfig, run_id: str | None,
              call: Callable[[Stage, RunFolder], StageReport],
              parallel: Callable[[list[Stage], RunFolder], list[StageReport]] | None = None,
-             ) -> RunResult:
+             *, evaluate_only: bool = False) -> RunResult:
     """Lock the output root, run the stages through `call`, publish, prune old runs.
 
     `parallel` runs the independent stages together (the flow submits them as tasks); by
     default they run one after another. Any failure discards the staging folder, so nothing is
-    published and `runs/latest` keeps pointing at the last good run.
+    published and `runs/latest` keeps pointing at the last good run. `evaluate_only` runs just
+    ingest and the evaluation, and publishes without moving `runs/latest`.
     """
     root = cfg.output.root
     started = datetime.now(UTC)
@@ -355,12 +368,15 @@ def run_with(cfg: RunConfig, run_id: str | None,
         run = RunFolder(root, run_id or new_run_id(started)).create()
         try:
             reports = [call(INGEST, run)]
-            group = list(PARALLEL)
-            reports += parallel(group, run) if parallel else [call(s, run) for s in group]
-            for stage in (CANDIDATES, RANK, DIVERSIFY):
-                reports.append(call(stage, run))
+            if not evaluate_only:
+                group = list(PARALLEL)
+                reports += parallel(group, run) if parallel else [call(s, run) for s in group]
+                for stage in (CANDIDATES, RANK, DIVERSIFY):
+                    reports.append(call(stage, run))
+            if evaluate_only or cfg.evaluation.enabled:
+                reports.append(call(EVALUATE, run))
             manifest = manifest_for(run, cfg, reports, started)
-            path = run.publish(manifest)
+            path = run.publish(manifest, update_latest=not evaluate_only)
         except BaseException:
             run.discard()
             raise

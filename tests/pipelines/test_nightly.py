@@ -15,7 +15,8 @@ from pipelines.store import latest_run, output_lock
 from tests.conftest import tiny_config_dict
 
 TABLES = ["interactions", "items", "rejected", "user_neighbours", "item_neighbours",
-          "user_factors", "item_factors", "candidates", "scored", "recommendations"]
+          "user_factors", "item_factors", "candidates", "scored", "recommendations",
+          "evaluation"]
 
 
 def test_tiny_run_publishes_every_table(tiny_config: RunConfig) -> None:
@@ -27,7 +28,14 @@ def test_tiny_run_publishes_every_table(tiny_config: RunConfig) -> None:
     manifest = json.loads((res.path / "manifest.json").read_text())
     assert manifest["rows"]["interactions"] == 30 * 12
     assert set(manifest["seconds"]) == {"ingest", "user_neighbours", "item_neighbours", "als",
-                                        "candidates", "rank", "diversify"}
+                                        "candidates", "rank", "diversify", "evaluate"}
+    evaluation = pq.read_table(res.path / "evaluation.parquet").to_pylist()
+    assert [r["model"] for r in evaluation] == [
+        "popularity", "user_pearson", "item_pearson", "als", "fusion", "lightgbm",
+        "lightgbm+diversity"]
+    assert all(0 <= r["ndcg_at_10"] <= 1 for r in evaluation)
+    assert (res.path / "evaluation.md").read_text().startswith("# Offline evaluation")
+    assert (res.path / "ranker.json").is_file()
     recs = pq.read_table(res.path / "recommendations.parquet").to_pylist()
     by_user: dict[str, list[dict[str, object]]] = {}
     for r in recs:

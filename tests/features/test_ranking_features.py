@@ -1,0 +1,24 @@
+"""Ranking features: popularity as of each user's own time, against a direct count."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from features.ranking import popularity_at_user_time
+
+
+def test_popularity_at_user_time_matches_direct_count() -> None:
+    t0 = datetime(2020, 1, 1)
+    events = [("a", "x", 0), ("b", "x", 10), ("c", "x", 40), ("a", "y", 5), ("b", "z", 39),
+              ("c", "y", 60)]
+    hist = pl.DataFrame({"user_id": [e[0] for e in events], "item_id": [e[1] for e in events],
+                         "ts": [t0 + timedelta(days=e[2]) for e in events]})
+    pairs = pl.DataFrame({"user_id": ["a", "b", "c", "a"], "item_id": ["z", "y", "z", "w"]})
+    out = popularity_at_user_time(pairs, hist, recent_days=30)
+    # user a's last day 5: z has none by then; b's last day 39: y has 1 (day 5), 0 in 30 days
+    # before; c's last day 60: z has 1 (day 39, within 30 days); w is unknown.
+    assert out["item_pop_at_user_time"].to_list() == [0.0, 1.0, 1.0, 0.0]
+    assert out["item_pop_recent_at_user_time"].to_list() == [0.0, 0.0, 1.0, 0.0]
+    assert out["item_age_at_user_time"].to_list()[1:3] == [34.0, 21.0]
