@@ -153,9 +153,10 @@ def train_model(model_name: str, config: TrainConfig, *, device: str | torch.dev
     """Train `model_name` and publish `runs/<run_id>/generative/<model>/` under `root`.
 
     Resume rule: after every epoch the full training state goes to
-    `runs/.work/generative/<model>/last.pt`. A later call for the same model with the same
-    config (same `config_hash`) continues after the last finished epoch; a different config
-    starts from scratch. Once the run is published the resume checkpoint is deleted.
+    `runs/.work/generative/<model>/last.pt`. A later call for the same model whose config
+    matches on every field but `epochs`, `log_every` and `n_samples` (same `resume_hash`)
+    continues after the last finished epoch; any other config starts from scratch. Once the
+    run is published the resume checkpoint is deleted.
     """
     spec = _spec(model_name)
     if not isinstance(config, spec.config_cls):
@@ -198,7 +199,7 @@ def _resume(path: Path, model_name: str, config: TrainConfig, trainer: Generativ
     if not path.is_file():
         return None
     ckpt = load_checkpoint(path, device)
-    if ckpt.get("model") != model_name or ckpt.get("config_hash") != config.config_hash():
+    if ckpt.get("model") != model_name or ckpt.get("resume_hash") != config.resume_hash():
         log.warning("%s: resume checkpoint %s was made with another config; starting afresh",
                     model_name, path)
         return None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from features.errors import ConfigError, DataError
+from features.errors import ConfigError, DataError, DataWarning
 from models.als import AlsConfig
 from models.neighbours import PearsonConfig
 from pipelines import candidates as cand
@@ -31,14 +35,17 @@ from pipelines.store import (
     RunFolder,
     atomic_path,
     clean_stale,
+    fault_point,
+    link_or_copy,
     new_run_id,
     output_lock,
     write_bytes_atomic,
+    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
 
-TABLES_DIR = ""  # tables sit at the top of the run folder: runs/<run_id>/<name>.parquet
+REPO = Path(__file__).resolve().parents[1]
 
 
 class OutputConfig(BaseModel):
@@ -52,6 +59,9 @@ class OutputConfig(BaseModel):
     """Published recommendation runs kept; older ones are deleted after a successful publish."""
     lock_wait_s: float = Field(0.0, ge=0.0)
     """How long a run waits for another run on the same root to finish (0 = fail fast)."""
+    cache: bool = True
+    """Reuse a stage's outputs from an earlier attempt when its config, code and inputs are
+    unchanged (a rerun after a crash, or twice the same night, skips finished stages)."""
 
 
 class RunConfig(BaseModel):
@@ -185,7 +195,12 @@ def _rank(t: Tables, cfg: RunConfig) -> dict[str, Any]:
     if cfg.ranking == "fusion":
         return {"scored": div.fuse(t["candidates"], cfg.fusion)}
     settings = cfg.candidate_settings()
-    model = rk.fit_ranker(t["interactions"], t["items"], settings, cfg.ranker)
+    try:
+        model = rk.fit_ranker(t["interactions"], t["items"], settings, cfg.ranker)
+    except rk.TooLittleData as exc:
+        warnings.warn(f"ranker not trained ({exc}); ordering by fusion instead", DataWarning,
+                      stacklevel=2)
+        return {"scored": div.fuse(t["candidates"], cfg.fusion)}
     cs = rk.CandidateSet(t["candidates"], t["user_neighbours"], t["item_neighbours"],
                               t["user_factors"], t["item_factors"])
     feats = rk.features_for(cs, t["interactions"], t["items"], settings)
@@ -228,11 +243,12 @@ PARALLEL = (USER_NEIGHBOURS, ITEM_NEIGHBOURS, ALS)  # independent given `interac
 
 @dataclass(frozen=True)
 class StageReport:
-    """What one stage did: rows written per table and seconds taken."""
+    """What one stage did: rows written per table, seconds taken, whether it was reused."""
 
     stage: str
     rows: dict[str, int]
     seconds: float
+    cached: bool = False
 
 
 def read_table(run: RunFolder, name: str) -> pa.Table:
@@ -241,24 +257,92 @@ def read_table(run: RunFolder, name: str) -> pa.Table:
 
 
 def execute(stage: Stage, run: RunFolder, cfg: RunConfig) -> StageReport:
-    """Read a stage's inputs from the run folder, run it, check and write its outputs."""
+    """Read a stage's inputs from the run folder, run it, check and write its outputs.
+
+    With `output.cache` on, a stage whose key (its config, the code, and the keys of the stages
+    that produced its inputs) matches a finished earlier attempt is not recomputed: its files
+    are linked from `<root>/cache/<stage>/<key>/` into this run.
+    """
     start = time.perf_counter()
+    key = stage_key(stage, cfg)
+    cache = cfg.output.root / "cache" / stage.name / key
+    if cfg.output.cache and (cache / "done.json").is_file():
+        done = json.loads((cache / "done.json").read_text())
+        for name in done["files"]:
+            link_or_copy(cache / name, run.path(name))
+        log.info("stage %s: unchanged inputs, reused cache %s", stage.name, key[:12])
+        return StageReport(stage.name, done["rows"], round(time.perf_counter() - start, 3),
+                           cached=True)
     inputs = {name: read_table(run, name) for name in stage.reads}
     outputs = stage.fn(inputs, cfg)
     files = {k: v for k, v in outputs.items() if isinstance(v, bytes)}
     outputs = {k: v for k, v in outputs.items() if k not in files}
     if stray := set(outputs) ^ set(stage.writes):
         raise RuntimeError(f"stage {stage.name}: outputs differ from its contract by {stray}")
-    for name in stage.writes:
-        run.write_table(name, outputs[name])
+    written = []
+    for n, name in enumerate(stage.writes):
+        written.append(run.write_table(name, outputs[name]).name)
+        if n == 0:
+            fault_point(stage.name)  # crash tests kill the process here, mid-stage
     for name, data in files.items():
-        write_bytes_atomic(data, run.path(name))
+        written.append(write_bytes_atomic(data, run.path(name)).name)
     if stage is INGEST:
-        write_warehouse(run, outputs)
+        written.append(write_warehouse(run, outputs).name)
     seconds = time.perf_counter() - start
     rows = {name: outputs[name].num_rows for name in stage.writes}
+    if cfg.output.cache:
+        store_cache(cache, run, written, rows)
     log.info("stage %s: %s in %.2f s", stage.name, rows, seconds)
     return StageReport(stage.name, rows, round(seconds, 3))
+
+
+def store_cache(cache: Path, run: RunFolder, files: list[str], rows: dict[str, int]) -> None:
+    """Link a finished stage's files into its cache folder; `done.json` is written last."""
+    tmp = cache.with_name(f".{cache.name}.{new_run_id()}.tmp")
+    for name in files:
+        link_or_copy(run.path(name), tmp / name)
+    write_json_atomic({"files": files, "rows": rows}, tmp / "done.json")
+    shutil.rmtree(cache, ignore_errors=True)
+    os.replace(tmp, cache)
+
+
+# Config sections that shape each stage's output (besides its inputs' keys and the code).
+STAGE_CONFIG: dict[str, tuple[str, ...]] = {
+    "ingest": ("source",), "user_neighbours": ("user_neighbours",),
+    "item_neighbours": ("item_neighbours",), "als": ("als",),
+    "candidates": ("candidates",),
+    "rank": ("ranking", "ranker", "fusion", "user_neighbours", "item_neighbours", "als",
+             "candidates"),
+    "diversify": ("diversify",),
+    "evaluate": ("evaluation", "ranker", "fusion", "diversify", "user_neighbours",
+                 "item_neighbours", "als", "candidates"),
+}
+
+
+def stage_key(stage: Stage, cfg: RunConfig) -> str:
+    """Content key of a stage's output: a Merkle hash over config, code and upstream keys."""
+    producers = {name: s for s in STAGES for name in s.writes}
+    digest = hashlib.sha256()
+    digest.update(stage.name.encode())
+    digest.update(code_version().encode())
+    dumped = cfg.model_dump(mode="json")
+    digest.update(json.dumps({k: dumped[k] for k in STAGE_CONFIG[stage.name]},
+                             sort_keys=True).encode())
+    if stage is INGEST:
+        digest.update(json.dumps(fingerprint(cfg), sort_keys=True).encode())
+    for name in sorted({producers[r].name for r in stage.reads}):
+        digest.update(stage_key(next(s for s in STAGES if s.name == name), cfg).encode())
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_version() -> str:
+    """Hash of the product's own source: a code change invalidates every cached stage."""
+    digest = hashlib.sha256()
+    for package in ("features", "models", "pipelines"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def write_warehouse(run: RunFolder, tables: Tables) -> Path:
@@ -336,11 +420,23 @@ def prune_runs(root: Path, keep: int) -> list[Path]:
                        and (p / "manifest.json").exists() and (p / "recommendations.parquet")
                        .exists())
     doomed = [p for p in published[:-keep] if p != latest] if len(published) > keep else []
-    import shutil
-
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
     return doomed
+
+
+def _by_name(name: str) -> Stage:
+    return next(s for s in STAGES if s.name == name)
+
+
+def prune_cache(root: Path, keep: set[str]) -> None:
+    """After a publish, drop cached stage outputs other than this run's (and crash leftovers)."""
+    cache = root / "cache"
+    if not cache.is_dir():
+        return
+    for entry in cache.glob("*/*"):
+        if f"{entry.parent.name}/{entry.name}" not in keep:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: bool = False
@@ -381,6 +477,7 @@ def run_with(cfg: RunConfig, run_id: str | None,
             run.discard()
             raise
         prune_runs(root, cfg.output.keep_runs)
+        prune_cache(root, {f"{r.stage}/{stage_key(_by_name(r.stage), cfg)}" for r in reports})
     return RunResult(run.run_id, path, reports, manifest)
 
 

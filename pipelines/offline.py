@@ -98,19 +98,28 @@ def evaluate_models(
     fused = div.fuse(cs.candidates, fusion)
     add("fusion", top_k_from_scores(fused, k), t_cand + time.perf_counter() - t)
     t = time.perf_counter()
-    model = rk.fit_ranker(split.train, items, settings, ranking)
-    scored = rk.score(model, rk.features_for(cs, split.train, items, settings), cs.candidates)
+    importance: dict[str, float] = {}
+    try:
+        model = rk.fit_ranker(split.train, items, settings, ranking)
+    except rk.TooLittleData as exc:
+        log.warning("evaluation: ranker skipped: %s", exc)
+        scored, ranker_name = fused, "fusion"
+    else:
+        importance = model.importance()
+        scored = rk.score(model, rk.features_for(cs, split.train, items, settings),
+                          cs.candidates)
+        add("lightgbm", top_k_from_scores(scored, k), t_cand + time.perf_counter() - t)
+        ranker_name = "lightgbm"
     t_rank = t_cand + time.perf_counter() - t
-    add("lightgbm", top_k_from_scores(scored, k), t_rank)
     t = time.perf_counter()
     diverse = div.diversify(scored, items, div.DiversifyConfig(
         n=max(k, diversify.n), max_per_author=diversify.max_per_author))
-    add("lightgbm+diversity", diverse.select([USER_ID, ITEM_ID, RANK]),
+    add(f"{ranker_name}+diversity", diverse.select([USER_ID, ITEM_ID, RANK]),
         t_rank + time.perf_counter() - t)
     for name, lists in (extra or {}).items():
         add(name, lists, 0.0)
     table = pa.Table.from_pylist(rows, schema=EVALUATION_SCHEMA)
-    return Evaluation(table, report_markdown(table, split, model.importance()), split)
+    return Evaluation(table, report_markdown(table, split, importance), split)
 
 
 def report_markdown(table: pa.Table, split: Split, importance: Mapping[str, float]) -> str:
@@ -134,6 +143,7 @@ def report_markdown(table: pa.Table, split: Split, importance: Mapping[str, floa
             f"{r['coverage_at_10']:.3f} | {r['distinct_authors_at_10']:.2f} | "
             f"{r['max_per_author_at_10']:.2f} | {r['users']} | {r['seconds']:.1f} |")
     top = sorted(importance.items(), key=lambda kv: -kv[1])[:10]
-    lines += ["", "Ranker features by total gain: "
-              + ", ".join(f"{name} ({gain:,.0f})" for name, gain in top), ""]
+    lines += ["", ("Ranker features by total gain: "
+                   + ", ".join(f"{name} ({gain:,.0f})" for name, gain in top)) if top else
+              "The ranker was not trained (too little data); fusion ordering was evaluated.", ""]
     return "\n".join(lines)

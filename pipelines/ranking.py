@@ -48,6 +48,10 @@ class RankingConfig(BaseModel):
     """Train on a seeded sample of this many users (None = all) to bound training time."""
 
 
+class TooLittleData(ValueError):
+    """The history is too small to make labelled training data for the ranker."""
+
+
 @dataclass
 class CandidateSet:
     """Candidates and the tables they were built from."""
@@ -111,6 +115,10 @@ def fit_ranker(history: pa.Table, items: pa.Table, cfg: CandidateSettings,
     """Train the LightGBM ranker on a time split of `history`."""
     start = time.perf_counter()
     frame = training_frame(history, items, cfg, ranking)
+    positives = frame.filter(pl.col("label") == 1)[USER_ID].n_unique() if frame.height else 0
+    if positives < 2:
+        raise TooLittleData(f"only {positives} users have a held-out interaction among their "
+                            "candidates; the ranker needs at least 2")
     cols = feature_columns(frame.drop("label"))
     x = frame.select(cols).to_numpy().astype(np.float32)
     y = frame["label"].to_numpy().astype(np.float32)

@@ -185,6 +185,7 @@ class RunFolder:
     def publish(self, manifest: Mapping[str, Any], *, update_latest: bool = True) -> Path:
         """Write the manifest last, rename staging to its final name, then repoint `latest`."""
         write_json_atomic(dict(manifest), self.staging / MANIFEST)
+        fault_point("publish")
         if self.final.exists():
             raise FileExistsError(f"{self.final} already exists; run ids must be unique")
         os.replace(self.staging, self.final)
@@ -234,3 +235,31 @@ def latest_run(root: Path) -> Path | None:
 def make_temp_dir(prefix: str = "recsys-") -> Path:
     """A private temporary folder (for tests and scratch work)."""
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: when RECSYS_FAULT_AT names this point, signal and hang until killed.
+
+    The crash-safety tests set RECSYS_FAULT_AT=<stage> and RECSYS_FAULT_FILE=<path>, wait for
+    the file, then SIGKILL the process mid-stage. Unset (always, in production) it does nothing.
+    """
+    if os.environ.get("RECSYS_FAULT_AT") != name:
+        return
+    flag = os.environ.get("RECSYS_FAULT_FILE")
+    if flag:
+        Path(flag).write_text(f"{os.getpid()}\n")
+    time.sleep(3600)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` to `dst` (same file system), else copy; `dst` appears atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(dst)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)

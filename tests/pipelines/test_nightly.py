@@ -52,11 +52,29 @@ def test_tiny_run_publishes_every_table(tiny_config: RunConfig) -> None:
 
 
 def test_same_data_config_seed_give_identical_recommendations(tmp_path: Path) -> None:
-    cfg = RunConfig.from_dict(tiny_config_dict(tmp_path))
+    raw = tiny_config_dict(tmp_path)
+    raw["output"]["cache"] = False  # type: ignore[index]  # recompute everything both times
+    cfg = RunConfig.from_dict(raw)
     a = run_nightly(cfg, run_id="a")
     b = run_nightly(cfg, run_id="b")
+    assert not any(r.cached for r in b.reports)
     assert pq.read_table(a.path / "recommendations.parquet").equals(
         pq.read_table(b.path / "recommendations.parquet"))
+
+
+def test_rerun_skips_stages_whose_inputs_did_not_change(tmp_path: Path) -> None:
+    raw = tiny_config_dict(tmp_path)
+    first = run_nightly(RunConfig.from_dict(raw), run_id="first")
+    assert not any(r.cached for r in first.reports)
+    again = run_nightly(RunConfig.from_dict(raw), run_id="again")
+    assert all(r.cached for r in again.reports)
+    assert pq.read_table(first.path / "recommendations.parquet").equals(
+        pq.read_table(again.path / "recommendations.parquet"))
+    raw["diversify"]["n"] = 3  # type: ignore[index]
+    changed = run_nightly(RunConfig.from_dict(raw), run_id="changed")
+    recomputed = {r.stage for r in changed.reports if not r.cached}
+    assert recomputed == {"diversify", "evaluate"}
+    assert pq.read_table(changed.path / "recommendations.parquet").num_rows == 30 * 3
 
 
 def test_failed_validation_publishes_nothing_and_keeps_last_good(tmp_path: Path) -> None:
