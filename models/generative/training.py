@@ -18,6 +18,7 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+RESUME_IGNORES = frozenset({"epochs", "log_every", "n_samples"})
 
 
 class TrainConfig(BaseModel):
@@ -44,10 +45,18 @@ class TrainConfig(BaseModel):
     n_samples: PositiveInt = 64
     """Samples drawn for the published sample grid."""
 
-    def config_hash(self) -> str:
-        """A short, stable hash of every field: a rerun resumes only when this matches."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+    def config_hash(self, exclude: frozenset[str] = frozenset()) -> str:
+        """A short, stable hash of every field (but `exclude`), to tell configs apart."""
+        blob = json.dumps(self.model_dump(mode="json", exclude=set(exclude)), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resume_hash(self) -> str:
+        """Hash of the fields that shape training up to any epoch: a rerun resumes on a match.
+
+        `epochs`, `log_every` and `n_samples` are left out, so an interrupted run can be
+        resumed with more (or fewer) epochs and lands where an unbroken run would.
+        """
+        return self.config_hash(RESUME_IGNORES)
 
 
 class GenerativeTrainer(Protocol):
@@ -122,7 +131,8 @@ def checkpoint_payload(model_name: str, trainer: GenerativeTrainer, fit: FitStat
     """What goes into a checkpoint: enough to rebuild the model with no outside knowledge."""
     return {"format": CHECKPOINT_FORMAT, "model": model_name,
             "config": trainer.config.model_dump(mode="json"),
-            "config_hash": trainer.config.config_hash(), "state": trainer.state_dict(),
+            "config_hash": trainer.config.config_hash(),
+            "resume_hash": trainer.config.resume_hash(), "state": trainer.state_dict(),
             "fit": fit.to_dict()}
 
 
