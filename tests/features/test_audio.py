@@ -195,8 +195,10 @@ def test_codes_are_monotone_across_every_boundary() -> None:
 def test_block_streaming_equals_whole_array(rng: np.random.Generator) -> None:
     x = samples(rng, 3 * BLOCK + 123)
     whole = mu_law_encode(x)
-    for block in (1, 7, 1000, BLOCK, 10 * BLOCK):
+    for block in (1000, BLOCK, 10 * BLOCK):
         np.testing.assert_array_equal(mu_law_encode(x, block=block), whole)
+    for block in (1, 7):  # slow per sample: a prefix is enough
+        np.testing.assert_array_equal(mu_law_encode(x[:5000], block=block), whole[:5000])
     cuts = np.sort(rng.choice(x.size, 20, replace=False))
     streamed = np.concatenate(list(encode_blocks(np.split(x, cuts))))
     np.testing.assert_array_equal(streamed, whole)
