@@ -125,6 +125,46 @@ def show_config(config: ConfigOpt = None, preset: PresetOpt = None, data: DataOp
     typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
 
+@app.command("serve")
+@friendly_errors
+def serve_command(
+    cron: Annotated[str, typer.Option(help="When the nightly run starts (cron syntax).")
+                    ] = "0 2 * * *",
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the cron, e.g. Europe/Berlin."
+                                          )] = "UTC",
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the schedules on this machine (nightly run + on-demand flows) until stopped.
+
+    Needs a Prefect API: start `prefect server start` and set PREFECT_API_URL first.
+    """
+    import zoneinfo
+
+    from flows.settings import configure_process
+
+    configure_process()
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {timezone!r}; use an IANA name such as "
+                         "Europe/Berlin or UTC") from None
+    from flows.serve import serve_all
+
+    serve_all(cron=cron, timezone=timezone, config_path=config)
+
+
+def _add_subapps() -> None:
+    """Mount the add-on flows' command groups (each keeps its heavy imports inside commands)."""
+    from flows import cli_audio, cli_style, cli_train
+
+    app.add_typer(cli_train.app, name="train")
+    app.add_typer(cli_style.app, name="style")
+    app.add_typer(cli_audio.app, name="audio")
+
+
+_add_subapps()
+
+
 def main() -> None:
     """Entry point of the `recsys` script."""
     app()
