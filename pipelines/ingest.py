@@ -217,6 +217,9 @@ def _load_raw(con: duckdb.DuckDBPyConnection, spec: FileSpec, table: str, what: 
         f"encoding={_sql_str(spec.encoding)}",
         "max_line_size=33554432", "null_padding=false", "strict_mode=true",
         "auto_detect=false" if spec.names else "auto_detect=true",
+        # Malformed rows are collected instead of failing the sniffer (a ragged last row was
+        # taken for the header), then reported below as a fatal error naming the line.
+        "store_rejects=true", f"rejects_table='{table}_errors'", f"rejects_scan='{table}_scans'",
     ]
     if spec.names:
         opts.append("columns={" + ", ".join(f"{_sql_str(n)}: 'VARCHAR'" for n in spec.names) + "}")
@@ -227,9 +230,18 @@ def _load_raw(con: duckdb.DuckDBPyConnection, spec: FileSpec, table: str, what: 
         full = str(exc)
         msg = full.splitlines()[0]
         hint = "check the delimiter, quoting and `header`/`names` settings"
-        if "unicode" in full.lower() or "utf-8" in full.lower():
+        if "invalid unicode" in full.lower():
             hint = "the file is not valid UTF-8: set encoding = \"latin-1\" (or re-encode it)"
         raise DataError(f"{what} file {spec.path} could not be parsed ({msg}); {hint}") from exc
+    bad = con.execute(f"SELECT line, error_type, error_message FROM {table}_errors "
+                      "ORDER BY line LIMIT 1").fetchall()
+    if bad:
+        line, kind, detail = bad[0]
+        hint = ("the file is not valid UTF-8: set encoding = \"latin-1\" (or re-encode it)"
+                if kind == "INVALID ENCODING" else
+                "fix or remove that row, or check the delimiter, quoting and `header`/`names`")
+        raise DataError(f"{what} file {spec.path} could not be parsed: line {line} of the file "
+                        f"is malformed ({kind.lower()}: {detail.splitlines()[0]}); {hint}")
     return [c[0] for c in con.execute(f"DESCRIBE {table}").fetchall()]
 
 
