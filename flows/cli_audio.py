@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -62,9 +61,9 @@ def encode(
     )] = None,
 ) -> None:
     """Encode an audio catalogue through the `audio-catalogue` flow (help: ENCODE_HELP)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")  # 2-core machines: one thread per process
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "features,models,pipelines")
+    from flows.settings import configure_process
+
+    configure_process()  # one BLAS/OpenMP thread; our loggers routed to Prefect
     logging.getLogger("pipelines").setLevel(logging.INFO)  # per-file progress lines
 
     from flows.audio import audio_catalogue
