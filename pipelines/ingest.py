@@ -181,7 +181,7 @@ class IngestResult:
     report: dict[str, object] = field(default_factory=dict)
 
 
-def _check_file(path: Path, what: str) -> None:
+def check_file(path: Path, what: str) -> None:
     if not path.exists():
         raise DataError(f"{what} file {path} does not exist; check the path (or the preset folder)")
     if path.is_dir():
@@ -198,7 +198,7 @@ def _sql_str(value: str) -> str:
 
 def _load_raw(con: duckdb.DuckDBPyConnection, spec: FileSpec, table: str, what: str) -> list[str]:
     """Load `spec` into `table` with every column as text; return its column names."""
-    _check_file(spec.path, what)
+    check_file(spec.path, what)
     fmt = spec.resolved_format()
     path = _sql_str(str(spec.path))
     if fmt == "parquet":
@@ -279,6 +279,7 @@ def ingest(source: SourceConfig, db_path: Path | None = None, *, now: float | No
 
 def _ingest(con: duckdb.DuckDBPyConnection, src: SourceConfig, now: float | None) -> IngestResult:
     con.execute("SET threads = 1")
+    con.execute("SET TimeZone = 'UTC'")  # naive times and now() are UTC, like Unix seconds
     cols = _load_raw(con, src, "raw", "interactions")
     _require(cols, {"user": src.user, "item": src.item, "weight": src.weight,
                     "timestamp": src.timestamp}, src.path, "interactions")
@@ -307,7 +308,8 @@ def _ingest(con: duckdb.DuckDBPyConnection, src: SourceConfig, now: float | None
           CASE WHEN t_raw IS NULL THEN NULL
                WHEN regexp_full_match(t_raw, '-?[0-9]+(\\.[0-9]+)?')
                  THEN TRY(make_timestamp(CAST(TRY_CAST(t_raw AS DOUBLE) * {scale} AS BIGINT)))
-               ELSE TRY_CAST(t_raw AS TIMESTAMP) END AS ts
+               -- via TIMESTAMPTZ: a plain TIMESTAMP cast drops a "+02:00" offset
+               ELSE TRY_CAST(t_raw AS TIMESTAMPTZ) AT TIME ZONE 'UTC' END AS ts
         FROM typed""")
     weight_checks = "" if not src.weight else """
           WHEN w_raw IS NULL THEN 'missing weight'

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from features.errors import ConfigError, DataError, DataWarning
+from features.errors import ConfigError, DataWarning
 from models.als import AlsConfig
 from models.neighbours import PearsonConfig
 from pipelines import candidates as cand
@@ -363,6 +363,9 @@ def write_warehouse(run: RunFolder, tables: Tables) -> Path:
 def fingerprint(cfg: RunConfig) -> dict[str, str]:
     """sha256 of every input file (the data fingerprint in the manifest)."""
     out = {}
+    ingest.check_file(cfg.source.path, "interactions")  # the same clear errors as ingest
+    for item in cfg.source.items:
+        ingest.check_file(item.path, "items")
     for path in [cfg.source.path, *(it.path for it in cfg.source.items)]:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
@@ -479,11 +482,3 @@ def run_with(cfg: RunConfig, run_id: str | None,
         prune_runs(root, cfg.output.keep_runs)
         prune_cache(root, {f"{r.stage}/{stage_key(_by_name(r.stage), cfg)}" for r in reports})
     return RunResult(run.run_id, path, reports, manifest)
-
-
-def check_source(cfg: RunConfig) -> None:
-    """Fail early (before any work) when an input file is missing or unreadable."""
-    for what, path in [("interactions", cfg.source.path),
-                       *(("items", it.path) for it in cfg.source.items)]:
-        if not Path(path).is_file():
-            raise DataError(f"{what} file {path} does not exist or is not a file")
