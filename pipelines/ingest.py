@@ -181,7 +181,7 @@ class IngestResult:
     report: dict[str, object] = field(default_factory=dict)
 
 
-def _check_file(path: Path, what: str) -> None:
+def check_file(path: Path, what: str) -> None:
     if not path.exists():
         raise DataError(f"{what} file {path} does not exist; check the path (or the preset folder)")
     if path.is_dir():
@@ -198,7 +198,7 @@ def _sql_str(value: str) -> str:
 
 def _load_raw(con: duckdb.DuckDBPyConnection, spec: FileSpec, table: str, what: str) -> list[str]:
     """Load `spec` into `table` with every column as text; return its column names."""
-    _check_file(spec.path, what)
+    check_file(spec.path, what)
     fmt = spec.resolved_format()
     path = _sql_str(str(spec.path))
     if fmt == "parquet":
