@@ -88,9 +88,9 @@ def train(
     / "style" / "starry_night.jpg",
     images: Annotated[Path | None, typer.Option(
         help="Folder of training photos (default: the shipped content images).")] = None,
-    size: Annotated[int, typer.Option(help="Side of the square training crops.")] = 256,
-    style_size: Annotated[int | None, typer.Option(
-        help="Long side of the style image in px: the stroke scale (default: --size).")] = None,
+    size: Annotated[int, typer.Option(help="Side of the square training crops.")] = 128,
+    style_size: Annotated[int, typer.Option(
+        help="Long side of the style image in px: the scale of the strokes.")] = 256,
     steps: Annotated[int, typer.Option(help="Training steps (batches).")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 4,
     learning_rate: Annotated[float, typer.Option(help="Adam step size.")] = 1e-3,

@@ -105,9 +105,10 @@ class FastTrainConfig(BaseModel):
     """Optimiser steps (one batch of random crops each)."""
     batch_size: PositiveInt = 4
     """Crops per step."""
-    crop_size: int = Field(default=256, ge=16)
-    """Side of the square training crops, in pixels."""
-    style_size: int | None = Field(default=None, ge=16)
+    crop_size: int = Field(default=128, ge=16)
+    """Side of the square training crops, in pixels (128 keeps CPU training affordable; the
+    network is fully convolutional and is applied at any size)."""
+    style_size: int | None = Field(default=256, ge=16)
     """Long side of the style image S in pixels (None: `crop_size`). It fixes the pixel scale
     of the learned strokes; crops may be smaller than S since Gram matrices are size-normalised."""
     learning_rate: PositiveFloat = 1e-3
