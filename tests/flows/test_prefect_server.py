@@ -1,0 +1,221 @@
+"""The nightly flow against a real `prefect server start`: run state, stage tasks, artifacts.
+
+Starts a private Prefect server (its own PREFECT_HOME, SQLite, a free port), runs
+`python -m flows run --config tiny.toml` with PREFECT_API_URL pointing at it, then reads the
+flow run, its task runs and its artifacts back through the Prefect client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.nightly import RunConfig, run_nightly
+from pipelines.store import latest_run
+from tests.conftest import tiny_config_dict
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 120.0  # the first start creates and migrates the database
+STAGES = ["ingest", "user_neighbours", "item_neighbours", "als", "candidates", "rank",
+          "diversify", "evaluate"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(home: Path) -> dict[str, str]:
+    """The environment of a private server and its clients: own PREFECT_HOME, SQLite there."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE",
+                        "PREFECT_API_DATABASE_CONNECTION_URL",
+                        "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+           and not k.startswith("RECSYS_FAULT")}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return env
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> float:
+    """Poll `<url>/health` until it answers 200; return the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"prefect server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float = 30.0) -> int:
+    """SIGTERM the process group (server plus its children), wait; SIGKILL if it hangs."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    return proc.returncode
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real `prefect server start` on a free port; yields (api url, client environment)."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    env = server_env(home)
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("prefect")), "server", "start",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_healthy(api, proc, log, STARTUP_TIMEOUT_S)
+        assert (home / "prefect.db").is_file()  # SQLite in the private PREFECT_HOME
+        yield api, env | {"PREFECT_API_URL": api}
+    finally:
+        code = stop(proc)
+        assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM), log.read_text()[-3000:]
+
+
+async def read_back(flow_run_name: str | None = None) -> dict[str, Any]:
+    """The nightly flow run(s), their task runs and artifacts, from the API in settings."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_filter=FlowFilter(
+            name=FlowFilterName(any_=["nightly-recommendations"])))
+        out: dict[str, Any] = {"runs": runs, "tasks": {}, "artifacts": {}}
+        for run in runs:
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            out["tasks"][run.id] = tasks
+            out["artifacts"][run.id] = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+                    any_=[run.id])))
+        return out
+
+
+def read_back_settled(api: str, expected_tasks: int, timeout: float = 60.0) -> dict[str, Any]:
+    """Read back until every task run's final state has been recorded (events are async)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: api}):
+        while True:
+            got = asyncio.run(read_back())
+            tasks = [t for ts in got["tasks"].values() for t in ts]
+            settled = len(tasks) >= expected_tasks and all(
+                t.state is not None and t.state.is_final() for t in tasks)
+            if settled or time.monotonic() > deadline:
+                return got
+            time.sleep(0.5)
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_nightly_flow_against_a_real_prefect_server(
+        prefect_server: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    api, env = prefect_server
+    raw: dict[str, Any] = tiny_config_dict(tmp_path)
+    raw["ranking"] = "fusion"  # evaluation stays on: its task and artifact are checked too
+    config = tmp_path / "tiny.toml"
+    config.write_text(to_toml(raw))
+    root = tmp_path / "out"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flows", "run", "--config", str(config), "--run-id", "served"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "published run served" in done.stdout
+    published = latest_run(root)
+    assert published is not None and published.name == "served"
+
+    got = read_back_settled(api, expected_tasks=len(STAGES))
+    (run,) = got["runs"]
+    assert run.name and run.state is not None
+    assert run.state.type.value == "COMPLETED", run.state
+    tasks = got["tasks"][run.id]
+    names = sorted(t.name.rsplit("-", 1)[0] for t in tasks)
+    assert names == sorted(STAGES)
+    assert all(t.state is not None and t.state.type.value == "COMPLETED" for t in tasks), [
+        (t.name, t.state) for t in tasks]
+    artifacts = {a.key: a for a in got["artifacts"][run.id]}
+    assert set(artifacts) == {"nightly-stages", "nightly-output", "offline-evaluation"}
+    stages_table = artifacts["nightly-stages"].data
+    rows = json.loads(stages_table) if isinstance(stages_table, str) else stages_table
+    assert [r["stage"] for r in rows] == STAGES
+    assert "served" in str(artifacts["nightly-output"].data)
+    models = [r["model"] for r in pq.read_table(published / "evaluation.parquet").to_pylist()]
+    assert "fusion" in str(artifacts["offline-evaluation"].data) and "fusion" in models
+
+    # A rerun of the same night on the same root recomputes nothing (content-keyed cache).
+    again = run_nightly(RunConfig.from_toml(config), run_id="served-again")
+    assert [r.stage for r in again.reports if not r.cached] == []
+    assert pq.read_table(again.path / "recommendations.parquet").equals(
+        pq.read_table(published / "recommendations.parquet"))
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value (strings, paths, numbers, booleans, lists of those)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def to_toml(doc: dict[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for config mappings (tables, arrays of tables, scalars)."""
+    lines, tables = [], []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            tables.append((key, value, False))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.append((key, value, True))
+        else:
+            lines.append(f"{key} = {toml_value(value)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for key, value, is_array in tables:
+        name = f"{prefix}{key}"
+        for entry in value if is_array else [value]:
+            brackets = ("[[", "]]") if is_array else ("[", "]")
+            out += f"\n{brackets[0]}{name}{brackets[1]}\n{to_toml(entry, f'{name}.')}"
+    return out
