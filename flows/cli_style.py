@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -24,8 +25,11 @@ DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
 
 
 def _prepare() -> None:
-    # library loggers show up in Prefect's run logs; must be set before prefect is imported
+    # library loggers (resize/convert notes, loss every log_every steps) show up in the console
+    # and in Prefect's run logs; the variable must be set before prefect is imported
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "features,models,pipelines")
+    for name in ("features", "models", "pipelines"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -34,6 +38,9 @@ def _check_file(path: Path, what: str) -> None:
         raise FileNotFoundError(f"{what} {path} does not exist; check --{what.split()[0]}")
     if path.is_dir():
         raise IsADirectoryError(f"{what} {path} is a folder; pass one image file")
+    from features.images import load_image
+
+    load_image(path, 64)  # a DataError naming the file if it cannot be decoded
 
 
 def _echo_result(result: object) -> None:

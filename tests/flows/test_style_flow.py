@@ -25,6 +25,10 @@ def test_cli_help_lists_the_three_commands() -> None:
 def test_cli_bad_paths_exit_2_with_a_message(tmp_path: Path) -> None:
     result = runner.invoke(app, ["optimise", "--content", str(tmp_path / "nope.jpg")])
     assert result.exit_code == 2 and "nope.jpg" in result.output
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a picture")
+    result = runner.invoke(app, ["optimise", "--style", str(junk)])
+    assert result.exit_code == 2 and "cannot read image" in result.output
     result = runner.invoke(app, ["apply", "--model", str(tmp_path / "missing.pt")])
     assert result.exit_code == 2 and "recsys style train" in result.output
     result = runner.invoke(app, ["train", "--images", str(tmp_path / "none")])
