@@ -184,8 +184,11 @@ def last_night(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 FAULTS = [
     pytest.param("ingest", id="ingest"),
     pytest.param("user_neighbours", id="neighbourhoods"),
+    pytest.param("item_neighbours", id="item-neighbourhoods"),
     pytest.param("als", id="als"),
+    pytest.param("candidates", id="candidates"),
     pytest.param("rank", id="ranking"),
+    pytest.param("diversify", id="diversify"),
     pytest.param("publish", id="publish"),
 ]
 
