@@ -111,12 +111,12 @@ class RunConfig(BaseModel):
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        return cls.from_dict(raw, base=path.parent, origin=str(path))
+        return cls.from_dict(raw, base=path.parent.resolve(), origin=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base: Path = Path("."), origin: str = "config"
                   ) -> RunConfig:
-        """Validate a config mapping (after resolving `preset` and relative paths)."""
+        """Validate a config mapping; relative paths (source files, output root) are from `base`."""
         raw = dict(raw)
         src = dict(raw.get("source", {}))
         if "preset" in src:
@@ -126,6 +126,8 @@ class RunConfig(BaseModel):
             src = _resolve_paths(src, base)
         if src:
             raw["source"] = src
+        if isinstance(raw.get("output"), dict) and "root" in raw["output"]:
+            raw["output"] = {**raw["output"], "root": base / raw["output"]["root"]}
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:

@@ -24,7 +24,7 @@ def test_flow_runs_every_stage_and_publishes(prefect_harness: None, tmp_path: Pa
     summary = nightly_recommendations(config=cfg, run_id="flow-run")
     stages = [s["stage"] for s in summary["stages"]]  # type: ignore[index, union-attr]
     assert stages == ["ingest", "user_neighbours", "item_neighbours", "als", "candidates",
-                      "rank", "diversify"]
+                      "rank", "diversify", "evaluate"]
     published = latest_run(tmp_path / "out")
     assert published is not None and published.name == "flow-run"
     assert pq.read_table(published / "recommendations.parquet").num_rows == 30 * 5
