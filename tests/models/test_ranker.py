@@ -24,7 +24,7 @@ def planted(seed: int = 0, users: int = 200, per_user: int = 30
 
 def test_ranker_learns_planted_signal() -> None:
     x, y, groups = planted()
-    cfg = RankerConfig(epochs=60, min_data_in_leaf=5, early_stopping=20)
+    cfg = RankerConfig(epochs=60, min_data_in_leaf=5, early_stopping=20, feature_fraction=1.0)
     model = LambdaRanker(cfg).fit(x, y, groups, ["noise_a", "signal", "noise_b"])
     xt, yt, gt = planted(seed=1, users=50)
     scores = model.predict(xt)
