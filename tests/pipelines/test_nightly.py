@@ -111,3 +111,19 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
     assert recs.num_rows == 610 * 20
     per_list = Counter((r["user_id"], r["author_id"]) for r in recs.to_pylist())
     assert max(per_list.values()) <= 2
+
+
+def test_config_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    from flows.cli import load_config
+
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    (sub / "ratings.csv").write_text("user,item,rating,ts\nu,i,1,1\n")
+    (sub / "cfg.toml").write_text(
+        '[source]\npath = "ratings.csv"\nuser = "user"\nitem = "item"\nweight = "rating"\n'
+        'timestamp = "ts"\nitems = []\n[output]\nroot = "out"\n')
+    cfg = load_config(sub / "cfg.toml", None, None, None)
+    assert cfg.source.path == (sub / "ratings.csv").resolve()
+    assert cfg.output.root == (sub / "out").resolve()
+    cfg = load_config(sub / "cfg.toml", None, None, tmp_path / "elsewhere")
+    assert cfg.output.root == tmp_path / "elsewhere"
