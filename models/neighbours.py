@@ -44,15 +44,20 @@ def pearson_blocks(
     For rows u, v with co-rated columns I_uv (n = |I_uv|):
         w_uv = sum_I (r_u - m_u)(r_v - m_v) / sqrt(sum_I (r_u - m_u)^2 * sum_I (r_v - m_v)^2)
     with m_u, m_v the means over I_uv. Expanding the sums gives everything from six co-rated
-    sums, i.e. three sparse products per block of rows:
-        [B; X; X^2]_blk @ B^T -> n, S_u, Q_u;   B_blk @ [X; X^2]^T -> S_v, Q_v;   X_blk @ X^T -> P
+    sums, each one sparse product per block of rows (B = the 0/1 pattern, X = the values):
+        n = B B^T, S_u = X B^T, Q_u = X^2 B^T, S_v = B X^T, Q_v = B (X^2)^T, P = X X^T
     cov = P - S_u S_v / n, var_u = Q_u - S_u^2 / n, var_v = Q_v - S_v^2 / n.
-    X is each row shifted by its overall mean: Pearson over I_uv is invariant to a per-row shift,
-    and centring keeps the expanded sums free of cancellation. Only a (block x n_rows) slab is
-    ever dense, so memory is bounded by `block_elements`, never n_rows^2.
+
+    X is each row shifted by its own mean and then by one global constant so every value is
+    >= 1: Pearson over I_uv is invariant to per-row shifts, the centring limits cancellation,
+    and strictly positive values make every product's sparsity pattern exactly that of B B^T
+    (no sum can cancel to an implicit zero). So the six results are aligned 1-D arrays over
+    the co-rated pairs only: nothing of size n_rows^2 is ever dense, and the work is the
+    co-rating count, not the matrix size. Memory is bounded by the block's co-rated pairs.
     """
     ratings = sp.csr_matrix(ratings, dtype=np.float64)
     ratings.sum_duplicates()
+    ratings.sort_indices()
     n_rows = ratings.shape[0]
     pattern = ratings.copy()
     pattern.data = np.ones_like(pattern.data)
@@ -62,20 +67,23 @@ def pearson_blocks(
     )
     x = ratings.copy()
     x.data = x.data - np.repeat(row_mean, counts)
+    x.data += 1.0 - x.data.min(initial=0.0)  # all values >= 1 (see above)
     x2 = x.multiply(x).tocsr()
+    x2.sort_indices()
     bt, xt, x2t = pattern.T.tocsr(), x.T.tocsr(), x2.T.tocsr()
+    # Rows per block from the densest rows' fan-out: co-rated pairs per row <= n_rows.
     block = max(1, config.block_elements // max(n_rows, 1))
     out: list[tuple[np.ndarray, ...]] = []
     for start in range(0, n_rows, block):
         stop = min(start + block, n_rows)
-        b = stop - start
-        left = sp.vstack([pattern[start:stop], x[start:stop], x2[start:stop]]).tocsr()
-        first = (left @ bt).toarray()  # (3b, n_rows): n, S_u, Q_u
-        n, s_u, q_u = first[:b], first[b:2 * b], first[2 * b:]
-        s_v = (pattern[start:stop] @ xt).toarray()  # (b, n_rows)
-        q_v = (pattern[start:stop] @ x2t).toarray()  # (b, n_rows)
-        p = (x[start:stop] @ xt).toarray()  # (b, n_rows)
-        out.append(_top_k(start, n, s_u, q_u, s_v, q_v, p, config))
+        b_blk, x_blk, x2_blk = pattern[start:stop], x[start:stop], x2[start:stop]
+        n = b_blk @ bt  # (b, n_rows) sparse: one entry per co-rated pair
+        parts = [x_blk @ bt, x2_blk @ bt, b_blk @ xt, b_blk @ x2t, x_blk @ xt]
+        for part in parts:
+            if not (np.array_equal(part.indptr, n.indptr)
+                    and np.array_equal(part.indices, n.indices)):
+                raise AssertionError("co-rated sums lost alignment; values must be positive")
+        out.append(_top_k(start, n, *(part.data for part in parts), config))
     if not out:
         empty = np.zeros(0, dtype=np.int32)
         return Neighbours(empty, empty, np.zeros(0), empty)
@@ -84,36 +92,37 @@ def pearson_blocks(
 
 
 def _top_k(
-    start: int, n: np.ndarray, s_u: np.ndarray, q_u: np.ndarray, s_v: np.ndarray,
+    start: int, pairs: sp.csr_matrix, s_u: np.ndarray, q_u: np.ndarray, s_v: np.ndarray,
     q_v: np.ndarray, p: np.ndarray, config: PearsonConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Weights for one block (all arrays (b, n_rows)), filtered and cut to top-k per row."""
-    b, n_rows = n.shape
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var_u = q_u - s_u * s_u / n
-        var_v = q_v - s_v * s_v / n
-        cov = p - s_u * s_v / n
-        # Zero variance up to rounding: relative to the sum of squares it was computed from.
-        tol = 1e-9
-        ok = (n >= config.min_support) & (var_u > tol * q_u) & (var_v > tol * q_v)
-        w = np.where(ok, cov / np.sqrt(var_u * var_v), -np.inf)
-    w = np.clip(w, -1.0, 1.0, out=w, where=np.isfinite(w))
-    w[np.arange(b), np.arange(start, start + b)] = -np.inf  # no self-similarity
+    """Weights of one block's co-rated pairs (1-D arrays aligned with `pairs`), cut to top-k.
+
+    Returns (row, neighbour, weight, support) sorted by row, weight desc, neighbour asc.
+    """
+    n = pairs.data
+    rows = np.repeat(np.arange(start, start + pairs.shape[0]), np.diff(pairs.indptr))
+    cols = pairs.indices
+    keep = (n >= config.min_support) & (rows != cols)
+    rows, cols, n = rows[keep], cols[keep], n[keep]
+    s_u, q_u, s_v, q_v, p = s_u[keep], q_u[keep], s_v[keep], q_v[keep], p[keep]
+    var_u = q_u - s_u * s_u / n
+    var_v = q_v - s_v * s_v / n
+    # Zero variance up to rounding, relative to the sum of squares it was computed from.
+    tol = 1e-9
+    ok = (var_u > tol * q_u) & (var_v > tol * q_v)
+    w = (p[ok] - s_u[ok] * s_v[ok] / n[ok]) / np.sqrt(var_u[ok] * var_v[ok])
+    rows, cols, n = rows[ok], cols[ok], n[ok]
+    np.clip(w, -1.0, 1.0, out=w)
     if config.shrinkage > 0:
-        finite = np.isfinite(w)
-        w[finite] *= n[finite] / (n[finite] + config.shrinkage)
-    w[~(w > config.threshold)] = -np.inf
-    part = top_k_indices(w, config.k)  # (b, k)
-    top_w = np.take_along_axis(w, part, axis=1)
-    # Order each row by weight desc, then neighbour index asc (deterministic ties).
-    order = np.lexsort((part, -top_w), axis=1)
-    part = np.take_along_axis(part, order, axis=1)
-    top_w = np.take_along_axis(top_w, order, axis=1)
-    keep = np.isfinite(top_w)
-    rows = np.broadcast_to(np.arange(start, start + b)[:, None], part.shape)[keep]
-    nbrs = part[keep]
-    support = n[rows - start, nbrs]
-    return (rows.astype(np.int32), nbrs.astype(np.int32), top_w[keep], support.astype(np.int32))
+        w *= n / (n + config.shrinkage)
+    above = w > config.threshold
+    rows, cols, n, w = rows[above], cols[above], n[above], w[above]
+    order = np.lexsort((cols, -w, rows))  # by row, then weight desc, then neighbour asc
+    rows, cols, n, w = rows[order], cols[order], n[order], w[order]
+    first = np.searchsorted(rows, rows, side="left")  # index of each row's first entry
+    top = (np.arange(len(rows)) - first) < config.k
+    return (rows[top].astype(np.int32), cols[top].astype(np.int32), w[top],
+            n[top].astype(np.int32))
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
