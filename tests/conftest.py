@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,3 +96,38 @@ def tiny_config(tmp_path: Path):  # type: ignore[no-untyped-def]
     from pipelines.nightly import RunConfig
 
     return RunConfig.from_dict(tiny_config_dict(tmp_path))
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value (strings, paths, numbers, booleans, lists of those)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def to_toml(doc: Mapping[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for config mappings (tables, arrays of tables, scalars)."""
+    lines, tables = [], []
+    for key, value in doc.items():
+        if isinstance(value, Mapping):
+            tables.append((key, value, False))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            tables.append((key, value, True))
+        else:
+            lines.append(f"{key} = {toml_value(value)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for key, value, is_array in tables:
+        name = f"{prefix}{key}"
+        if is_array:
+            for entry in value:
+                body = to_toml(entry, f"{name}.")
+                out += f"\n[[{name}]]\n{body}"
+        else:
+            out += f"\n[{name}]\n{to_toml(value, f'{name}.')}"
+    return out

@@ -26,7 +26,7 @@ import pytest
 
 from pipelines.nightly import RunConfig, run_nightly
 from pipelines.store import latest_run
-from tests.conftest import tiny_config_dict
+from tests.conftest import tiny_config_dict, to_toml
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 120.0  # the first start creates and migrates the database
@@ -187,35 +187,3 @@ def test_nightly_flow_against_a_real_prefect_server(
     assert [r.stage for r in again.reports if not r.cached] == []
     assert pq.read_table(again.path / "recommendations.parquet").equals(
         pq.read_table(published / "recommendations.parquet"))
-
-
-def toml_value(value: Any) -> str:
-    """One TOML value (strings, paths, numbers, booleans, lists of those)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def to_toml(doc: dict[str, Any], prefix: str = "") -> str:
-    """A small TOML writer for config mappings (tables, arrays of tables, scalars)."""
-    lines, tables = [], []
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            tables.append((key, value, False))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            tables.append((key, value, True))
-        else:
-            lines.append(f"{key} = {toml_value(value)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for key, value, is_array in tables:
-        name = f"{prefix}{key}"
-        for entry in value if is_array else [value]:
-            brackets = ("[[", "]]") if is_array else ("[", "]")
-            out += f"\n{brackets[0]}{name}{brackets[1]}\n{to_toml(entry, f'{name}.')}"
-    return out

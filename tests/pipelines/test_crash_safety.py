@@ -24,47 +24,12 @@ from typer.testing import CliRunner
 
 from pipelines.nightly import RunConfig, run_nightly
 from pipelines.store import latest_run
-from tests.conftest import tiny_config_dict, write_tiny_dataset
+from tests.conftest import tiny_config_dict, to_toml, write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE_ORDER = ["ingest", "user_neighbours", "item_neighbours", "als", "candidates", "rank",
                "diversify"]
 FLAG_TIMEOUT_S = 90.0  # imports plus the stages before the fault point, on a loaded machine
-
-
-def toml_value(value: Any) -> str:
-    """One TOML value (strings, paths, numbers, booleans, lists of those)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def to_toml(doc: Mapping[str, Any], prefix: str = "") -> str:
-    """A small TOML writer for config mappings (tables, arrays of tables, scalars)."""
-    lines, tables = [], []
-    for key, value in doc.items():
-        if isinstance(value, Mapping):
-            tables.append((key, value, False))
-        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-            tables.append((key, value, True))
-        else:
-            lines.append(f"{key} = {toml_value(value)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for key, value, is_array in tables:
-        name = f"{prefix}{key}"
-        if is_array:
-            for entry in value:
-                body = to_toml(entry, f"{name}.")
-                out += f"\n[[{name}]]\n{body}"
-        else:
-            out += f"\n[{name}]\n{to_toml(value, f'{name}.')}"
-    return out
 
 
 def fast_config(folder: Path, root: Path, seed: int = 0) -> dict[str, Any]:

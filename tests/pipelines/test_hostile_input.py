@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.conftest import tiny_config_dict
+from tests.conftest import tiny_config_dict, to_toml
 
 HEADER = "user,item,rating,ts\n"
 TS = 1_600_000_000  # a valid Unix time inside the tiny data's range
@@ -585,35 +585,3 @@ def test_skippable_input_publishes_with_bad_rows_quarantined(
 def test_the_suite_is_big_enough() -> None:
     assert len(FATAL) + len(SKIPPABLE) >= 20
     assert len({c.id for c in FATAL + SKIPPABLE}) == len(FATAL) + len(SKIPPABLE)
-
-
-def toml_value(value: Any) -> str:
-    """One TOML value (strings, paths, numbers, booleans, lists of those)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def to_toml(doc: dict[str, Any], prefix: str = "") -> str:
-    """A small TOML writer for config mappings (tables, arrays of tables, scalars)."""
-    lines, tables = [], []
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            tables.append((key, value, False))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            tables.append((key, value, True))
-        else:
-            lines.append(f"{key} = {toml_value(value)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for key, value, is_array in tables:
-        name = f"{prefix}{key}"
-        for entry in value if is_array else [value]:
-            brackets = ("[[", "]]") if is_array else ("[", "]")
-            out += f"\n{brackets[0]}{name}{brackets[1]}\n{to_toml(entry, f'{name}.')}"
-    return out
