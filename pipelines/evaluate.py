@@ -78,6 +78,7 @@ class Metrics:
     coverage_at_10: float
     distinct_authors_at_10: float
     max_per_author_at_10: float
+    worst_max_per_author_at_10: int
     users: int
 
     def as_row(self, name: str) -> dict[str, object]:
@@ -123,6 +124,7 @@ def evaluate_lists(recs: pa.Table, test: pa.Table, items: pa.Table, n_items: int
         coverage_at_10=top10[ITEM_ID].n_unique() / max(n_items, 1),
         distinct_authors_at_10=float(per_list["distinct"].mean() or 0.0),
         max_per_author_at_10=float(per_list["max_author"].mean() or 0.0),
+        worst_max_per_author_at_10=int(per_list["max_author"].max() or 0),
         users=users.height,
     )
 

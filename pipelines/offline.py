@@ -33,6 +33,7 @@ EVALUATION_SCHEMA = pa.schema([
     pa.field("coverage_at_10", pa.float64(), nullable=False),
     pa.field("distinct_authors_at_10", pa.float64(), nullable=False),
     pa.field("max_per_author_at_10", pa.float64(), nullable=False),
+    pa.field("worst_max_per_author_at_10", pa.int64(), nullable=False),
     pa.field("users", pa.int64(), nullable=False),
     pa.field("seconds", pa.float64(), nullable=False),
 ])
@@ -134,14 +135,15 @@ def report_markdown(table: pa.Table, split: Split, importance: Mapping[str, floa
         f"{split.train.num_rows:,} train and {split.test.num_rows:,} test interactions. "
         "Every interaction is an implicit positive; lists exclude the user's train items.", "",
         "| model | NDCG@10 | Recall@20 | coverage@10 | distinct authors@10 | max/author@10 "
-        "| users | seconds |",
+        "(mean / worst list) | users | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in table.to_pylist():
         lines.append(
             f"| {r['model']} | {r['ndcg_at_10']:.4f} | {r['recall_at_20']:.4f} | "
             f"{r['coverage_at_10']:.3f} | {r['distinct_authors_at_10']:.2f} | "
-            f"{r['max_per_author_at_10']:.2f} | {r['users']} | {r['seconds']:.1f} |")
+            f"{r['max_per_author_at_10']:.2f} / {r['worst_max_per_author_at_10']} | "
+            f"{r['users']} | {r['seconds']:.1f} |")
     top = sorted(importance.items(), key=lambda kv: -kv[1])[:10]
     lines += ["", ("Ranker features by total gain: "
                    + ", ".join(f"{name} ({gain:,.0f})" for name, gain in top)) if top else

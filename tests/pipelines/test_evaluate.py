@@ -74,6 +74,7 @@ def test_metrics_against_hand_computed_values() -> None:
     assert abs(m.coverage_at_10 - 4 / 10) < 1e-12
     assert m.distinct_authors_at_10 == (1 + 1) / 2  # u: all by p; v: r
     assert m.max_per_author_at_10 == (3 + 1) / 2
+    assert m.worst_max_per_author_at_10 == 3
     assert m.users == 2
 
 
