@@ -11,6 +11,7 @@ from torch.autograd.functional import jacobian
 
 from features.mnist import two_moons
 from models.generative.realnvp import (
+    ActNorm,
     AffineCoupling,
     RealNVP,
     RealNVPConfig,
@@ -32,12 +33,15 @@ MNIST = RealNVPConfig(dataset="mnist", n_couplings=2, hidden_size=16, n_hidden=1
 
 
 def perturbed(model: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
-    """The flows start as the identity (zeroed last layers); shake every weight so tests bite."""
+    """The flows start as the identity (zeroed last layers); shake every weight so tests bite.
+
+    Returned in eval mode, so ActNorm keeps these weights instead of initialising from data.
+    """
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return model
+    return model.eval()
 
 
 def test_masks_alternate_and_cover_every_dimension() -> None:
@@ -165,3 +169,15 @@ def test_samples_and_checkpoint_round_trip(tmp_path: Path) -> None:
     x = torch.randn(2, 784)
     with torch.no_grad():
         assert torch.equal(loaded.model.log_prob(x), trainer.model.log_prob(x))
+
+
+def test_actnorm_initialises_from_the_first_training_batch() -> None:
+    layer = ActNorm(3)
+    x = torch.randn(500, 3) * torch.tensor([0.01, 1.0, 50.0]) + torch.tensor([-3.0, 0.0, 7.0])
+    z, logdet = layer(x)
+    assert torch.allclose(z.mean(0), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(z.std(0), torch.ones(3), atol=1e-3)
+    assert torch.allclose(logdet, torch.full((500,), float(layer.log_scale.detach().sum())))
+    again, _ = layer(x * 2)  # later batches do not re-initialise
+    assert torch.allclose(again, (x * 2 + layer.loc) * layer.log_scale.exp())
+    assert float((layer.inverse(z) - x).abs().max()) < 1e-4 * float(x.abs().max())
