@@ -117,6 +117,21 @@ def _top_k(
         w *= n / (n + config.shrinkage)
     above = w > config.threshold
     rows, cols, n, w = rows[above], cols[above], n[above], w[above]
+    b, n_rows = pairs.shape
+    if len(w) > 0.2 * b * n_rows:
+        # Densely co-rated block: a partition over a (b, n_rows) slab beats sorting the pairs.
+        slab = np.full((b, n_rows), -np.inf)
+        slab[rows - start, cols] = w
+        support = np.zeros((b, n_rows), dtype=np.int32)
+        support[rows - start, cols] = n
+        pick = top_k_indices(slab, config.k)  # (b, k)
+        top_w = np.take_along_axis(slab, pick, axis=1)
+        order = np.lexsort((pick, -top_w), axis=1)
+        pick, top_w = np.take_along_axis(pick, order, 1), np.take_along_axis(top_w, order, 1)
+        ok = np.isfinite(top_w)
+        r = np.broadcast_to(np.arange(b)[:, None], pick.shape)[ok]
+        return ((r + start).astype(np.int32), pick[ok].astype(np.int32), top_w[ok],
+                support[r, pick[ok]])
     order = np.lexsort((cols, -w, rows))  # by row, then weight desc, then neighbour asc
     rows, cols, n, w = rows[order], cols[order], n[order], w[order]
     first = np.searchsorted(rows, rows, side="left")  # index of each row's first entry

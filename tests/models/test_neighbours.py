@@ -114,3 +114,20 @@ def test_top_k_indices_ties_go_to_lower_index() -> None:
     scores = np.array([[1.0, 2.0, 2.0, 2.0, 0.5], [3.0, 3.0, 3.0, 3.0, 3.0]])
     got = np.sort(top_k_indices(scores, 2), axis=1)
     np.testing.assert_array_equal(got, [[1, 2], [0, 1]])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_co_rating_path_matches_oracle(seed: int) -> None:
+    # Few co-rated pairs per block: exercises the sort-based top-k (the dense-slab one is
+    # exercised by the denser matrices above).
+    ratings = random_ratings(seed, rows=80, cols=400, density=0.06)
+    dense_pairs = (ratings.toarray() > 0).astype(int)
+    corated = dense_pairs @ dense_pairs.T
+    assert (corated >= 2).mean() < 0.2  # below the 20% switch
+    nb = pearson_blocks(ratings, PearsonConfig(k=1000, threshold=-1.0 + 1e-9, min_support=2))
+    want = {k: v for k, v in oracle(ratings.toarray(), 2).items() if v[0] > -1 + 1e-9}
+    got = {(int(r), int(c)): (w, int(s)) for r, c, w, s in
+           zip(nb.row, nb.neighbour, nb.weight, nb.support, strict=True)}
+    assert set(got) == set(want)
+    for key, (w, n) in want.items():
+        assert got[key][1] == n and abs(got[key][0] - w) < 1e-9
