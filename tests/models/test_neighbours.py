@@ -120,7 +120,7 @@ def test_top_k_indices_ties_go_to_lower_index() -> None:
 def test_sparse_co_rating_path_matches_oracle(seed: int) -> None:
     # Few co-rated pairs per block: exercises the sort-based top-k (the dense-slab one is
     # exercised by the denser matrices above).
-    ratings = random_ratings(seed, rows=80, cols=400, density=0.06)
+    ratings = random_ratings(seed, rows=80, cols=300, density=0.04)
     dense_pairs = (ratings.toarray() > 0).astype(int)
     corated = dense_pairs @ dense_pairs.T
     assert (corated >= 2).mean() < 0.2  # below the 20% switch
