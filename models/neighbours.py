@@ -22,8 +22,9 @@ class PearsonConfig(BaseModel):
     """Least number of co-rated entries |I_uv| for a similarity to exist."""
     shrinkage: float = Field(0.0, ge=0.0)
     """lambda in w * n / (n + lambda), damping weights with little support; 0 is the formula."""
-    block_elements: int = Field(4_000_000, ge=1)
-    """Rows per block are block_elements // n_rows: memory ~ 12 * 8 bytes * block_elements."""
+    block_elements: int = Field(1_000_000, ge=1)
+    """Rows per block are block_elements // n_rows, so a block holds at most this many
+    co-rated pairs: memory ~ 100 bytes * block_elements (six aligned sums plus the top-k slab)."""
 
 
 @dataclass(frozen=True)
