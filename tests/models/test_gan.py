@@ -96,9 +96,30 @@ def test_diagnostics_report_both_gradient_norms_and_d_accuracy() -> None:
 def test_discriminator_overfits_one_batch(device: str) -> None:
     torch.manual_seed(0)
     trainer = GANTrainer(TINY, device)
-    batch = real_digits().to(device)
-    d_losses = [trainer.train_step(batch)["loss_d"] for _ in range(30)]
-    assert sum(d_losses[-5:]) / 5 < 0.5 * d_losses[0]
+    real = to_unit(real_digits().to(device))
+    with torch.no_grad():
+        fake = trainer.generator(torch.randn(32, TINY.latent_size, device=device))
+    losses = []
+    for _ in range(40):
+        loss = discriminator_loss(trainer.discriminator(real), trainer.discriminator(fake))
+        trainer.opt_d.zero_grad()
+        loss.backward()
+        trainer.opt_d.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.1 * losses[0]
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_train_step_updates_both_players(device: str) -> None:
+    torch.manual_seed(0)
+    trainer = GANTrainer(TINY, device)
+    g0 = [p.detach().clone() for p in trainer.generator.parameters()]
+    d0 = [p.detach().clone() for p in trainer.discriminator.parameters()]
+    out = trainer.train_step(real_digits().to(device))
+    assert set(out) == {"loss", "loss_d", "d_accuracy"}
+    for before, module in ((g0, trainer.generator), (d0, trainer.discriminator)):
+        after = list(module.parameters())
+        assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 @pytest.mark.parametrize("kind", ["non_saturating", "saturating"])
