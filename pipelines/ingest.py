@@ -299,7 +299,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, src: SourceConfig, now: float | None
                nullif(trim({i}), '') AS item_id,
                nullif(trim({w_raw}), '') AS w_raw,
                nullif(trim({t_raw}), '') AS t_raw,
-               concat_ws({_sql_str(', ')}, {u}, {i}, {w_raw}, {t_raw}) AS raw
+               left(concat_ws({_sql_str(', ')}, {u}, {i}, {w_raw}, {t_raw}), 1000) AS raw
         FROM raw""")
     con.execute(f"""
         CREATE TEMP TABLE parsed AS
