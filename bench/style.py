@@ -46,6 +46,7 @@ from models.generative.style import (  # noqa: E402
     StyleConfig,
     TransformNet,
     TransformNetConfig,
+    load_transform_net,
     optimise,
     save_transform_net,
     train_fast,
@@ -100,6 +101,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--output", type=Path, default=REPO)
     ap.add_argument("--docs", action="store_true", help="copy the first panel to docs/")
+    ap.add_argument("--resume", type=Path, default=None,
+                    help="continue training this bench checkpoint (same net config) for "
+                         "--train-steps more steps")
     args = ap.parse_args()
 
     threads = set_threads(args.threads)
@@ -122,7 +126,13 @@ def main() -> None:
                                 learning_rate=args.learning_rate)
     net_cfg = TransformNetConfig(channels=args.channels, n_residual=args.n_residual)
     net = TransformNet(net_cfg).to(device)
+    done_steps = 0
+    if args.resume:
+        net, meta = load_transform_net(args.resume, device)
+        net_cfg, done_steps = net.config, int(meta["step"])
+        print(f"resuming {args.resume} after {done_steps} steps")
     start = time.perf_counter()
+    train_cfg = train_cfg.model_copy(update={"seed": done_steps})  # fresh crops when resuming
     train_history = train_fast(net, loss, load_training_images(train_paths, args.crop), train_cfg)
     sync(device)
     train_s = time.perf_counter() - start
@@ -131,7 +141,7 @@ def main() -> None:
           f"({train_s / args.train_steps:.2f}s/step)")
     save_transform_net(out / "transform_net.pt", net, style_config=loss_cfg,
                        train_config=train_cfg, style_image=style, style_name=args.style.name,
-                       step=args.train_steps)
+                       step=done_steps + args.train_steps)
     folder.write_table("bench_train_loss", history_table(train_history), "style")
     write_bytes_atomic(plot_loss_png(train_history, "fast network training"),
                        out / "bench_train_loss.png")
@@ -179,6 +189,8 @@ def main() -> None:
     folder.write_table("bench", pa.Table.from_pylist(rows), "style")
     manifest = {"topic": "style", "command": "bench", "rows": rows, "train_s": train_s,
                 "train": train_cfg.model_dump(), "net": net_cfg.model_dump(),
+                "total_train_steps": done_steps + args.train_steps,
+                "resumed_from": str(args.resume) if args.resume else None,
                 "loss": loss_cfg.model_dump(), "threads": threads,
                 "train_images": [p.name for p in train_paths]}
     final = folder.publish(manifest, update_latest=False)
