@@ -85,8 +85,9 @@ def plot_loss_png(history: History, title: str) -> bytes:
 
     steps = [r["step"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for key in ("total", "content", "style"):
-        ax.plot(steps, [max(r[key], 1e-12) for r in history], label=key)
+    labels = {"total": "total L", "content": "content (before α)", "style": "style (before β)"}
+    for key, label in labels.items():
+        ax.plot(steps, [max(r[key], 1e-12) for r in history], label=label)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
