@@ -85,7 +85,8 @@ def run(
     typer.echo(f"{'stage':<18}{'seconds':>9}  rows")
     for st in summary["stages"]:  # type: ignore[union-attr]
         rows = ", ".join(f"{k}={v:,}" for k, v in st["rows"].items())
-        typer.echo(f"{st['stage']:<18}{st['seconds']:>9.2f}  {rows}")
+        cached = "  (unchanged: reused)" if st.get("cached") else ""
+        typer.echo(f"{st['stage']:<18}{st['seconds']:>9.2f}  {rows}{cached}")
     typer.echo(f"total {time.perf_counter() - start:.1f} s")
 
 
