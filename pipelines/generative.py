@@ -103,8 +103,8 @@ def load_config(model_name: str, path: Path | None = None,
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        if isinstance(values.get(model_name), dict):
-            values = values[model_name]
+        if any(isinstance(values.get(name), dict) for name in MODELS):
+            values = values.get(model_name, {})  # sectioned file: [vae], [realnvp], [gan]
         source = str(path)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return make_config(model_name, values, source=source)

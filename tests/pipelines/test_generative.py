@@ -114,6 +114,7 @@ def test_load_config_flat_or_under_the_model_table(tmp_path: Path) -> None:
     assert load_config("vae", flat).hidden_sizes == (64, 32)
     assert load_config("vae", table).epochs == 4
     assert load_config("gan", table).width == 8
+    assert load_config("realnvp", table) == make_config("realnvp")  # no [realnvp]: defaults
     assert load_config("vae", flat, {"epochs": 7, "seed": None}).epochs == 7
     assert load_config("gan").epochs == 30  # no file: the real-run defaults
 
