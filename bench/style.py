@@ -1,6 +1,6 @@
 """Benchmark: per-image optimisation (Gatys, the reference) vs a trained fast network (Johnson).
 
-Run: `python bench/style.py [--sizes 256 512] [--opt-steps 200] [--train-steps 800] ...`.
+Run: `python bench/style.py [--sizes 256 512] [--opt-steps 200] [--train-steps 1000] ...`.
 
 1. Train the fast network for the style on random crops of the shipped content photos *except*
    the evaluation photo (held out), with the style image S fixed at `--style-size` px.
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--style-size", type=int, default=256)
     ap.add_argument("--opt-steps", type=int, default=200)
-    ap.add_argument("--train-steps", type=int, default=800)
+    ap.add_argument("--train-steps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--channels", type=int, default=32)
