@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -231,10 +230,6 @@ def latest_run(root: Path) -> Path | None:
     link = Path(root) / "runs" / LATEST
     return link.resolve() if link.exists() else None
 
-
-def make_temp_dir(prefix: str = "recsys-") -> Path:
-    """A private temporary folder (for tests and scratch work)."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def fault_point(name: str) -> None:
