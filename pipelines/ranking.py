@@ -23,6 +23,8 @@ from pipelines.evaluate import SplitConfig, split_last
 
 log = logging.getLogger(__name__)
 
+CUTOFF = "cutoff"  # which time cut-off a training row's label comes from
+
 
 class CandidateSettings(BaseModel):
     """The candidate-generation part of a run config."""
@@ -44,6 +46,9 @@ class RankingConfig(BaseModel):
     """LightGBM settings."""
     label_split: SplitConfig = Field(default_factory=SplitConfig)
     """Each user's last interactions become the training target; candidates come from the rest."""
+    label_cutoffs: int = Field(2, ge=1, le=5)
+    """Time cut-offs that each give a labelled query per user: the last part of the history,
+    then the last part of what is left, ... (2 beat 1 on validation: NDCG@10 0.1111 vs 0.1086)."""
     max_train_users: int | None = Field(None, ge=2)
     """Train on a seeded sample of this many users (None = all) to bound training time."""
 
@@ -95,35 +100,45 @@ def training_frame(history: pa.Table, items: pa.Table, cfg: CandidateSettings,
                    ranking: RankingConfig) -> pl.DataFrame:
     """Labelled features: candidates from each user's earlier history, labels from the last part.
 
-    Only the split's train part is seen by the candidate sources and the features, so no target
-    interaction leaks into them.
+    Only a split's train part is seen by the candidate sources and the features, so no target
+    interaction leaks into them. With `label_cutoffs` > 1 the rule is applied again to the
+    train part, giving one more labelled query per user and cut-off (column `cutoff`).
     """
-    split = split_last(history, ranking.label_split)
-    cs = build_candidates(split.train, items, cfg)
-    frame = label(features_for(cs, split.train, items, cfg), split.test)
-    users = split.test[USER_ID].unique()
-    frame = frame.filter(pl.col(USER_ID).is_in(pl.Series(users.to_pylist()).implode()))
+    frames = []
+    for cutoff in range(ranking.label_cutoffs):
+        split = split_last(history, ranking.label_split)
+        if split.test.num_rows == 0:
+            break
+        cs = build_candidates(split.train, items, cfg)
+        frame = label(features_for(cs, split.train, items, cfg), split.test)
+        users = pl.Series(split.test[USER_ID].unique().to_pylist())
+        frames.append(frame.filter(pl.col(USER_ID).is_in(users.implode()))
+                      .with_columns(pl.lit(cutoff, pl.Int8).alias(CUTOFF)))
+        history = split.train
+    if not frames:
+        raise TooLittleData("no user has enough interactions to hold out a training target")
+    frame = pl.concat(frames, how="diagonal_relaxed")
     if ranking.max_train_users is not None:
         keep = frame[USER_ID].unique().sort().sample(
             n=min(ranking.max_train_users, frame[USER_ID].n_unique()), seed=ranking.model.seed)
         frame = frame.filter(pl.col(USER_ID).is_in(keep.implode()))
-    return frame.sort([USER_ID, ITEM_ID])
+    return frame.sort([CUTOFF, USER_ID, ITEM_ID])
 
 
 def fit_ranker(history: pa.Table, items: pa.Table, cfg: CandidateSettings,
                ranking: RankingConfig) -> LambdaRanker:
-    """Train the LightGBM ranker on a time split of `history`."""
+    """Train the LightGBM ranker on time splits of `history` (one query per user and cut-off)."""
     start = time.perf_counter()
     frame = training_frame(history, items, cfg, ranking)
     positives = frame.filter(pl.col("label") == 1)[USER_ID].n_unique() if frame.height else 0
     if positives < 2:
         raise TooLittleData(f"only {positives} users have a held-out interaction among their "
                             "candidates; the ranker needs at least 2")
-    cols = feature_columns(frame.drop("label"))
+    cols = feature_columns(frame.drop(["label", CUTOFF]))
     x = frame.select(cols).to_numpy().astype(np.float32)
     y = frame["label"].to_numpy().astype(np.float32)
-    groups = frame[USER_ID].rank("dense").to_numpy()
-    ranker = LambdaRanker(ranking.model).fit(x, y, groups, cols)
+    groups = pl.struct([CUTOFF, USER_ID]).rank("dense").alias("_g")
+    ranker = LambdaRanker(ranking.model).fit(x, y, frame.select(groups)["_g"].to_numpy(), cols)
     log.info("ranker: %d rows, %d positives, %d rounds, %.1f s", len(y), int(y.sum()),
              ranker.best_iteration, time.perf_counter() - start)
     return ranker
