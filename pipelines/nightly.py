@@ -369,12 +369,22 @@ def fingerprint(cfg: RunConfig) -> dict[str, str]:
     for item in cfg.source.items:
         ingest.check_file(item.path, "items")
     for path in [cfg.source.path, *(it.path for it in cfg.source.items)]:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
-                digest.update(chunk)
-        out[str(path)] = digest.hexdigest()
+        stat = Path(path).stat()
+        out[str(path)] = _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, cached per (path, size, mtime).
+
+    Every stage key and the manifest ask for it, and input files can be large.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:
