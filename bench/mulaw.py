@@ -119,7 +119,7 @@ def main() -> None:
                              "(its temporaries for a whole hour take about 2 GB)")
     parser.add_argument("--exhaustive", action="store_true")
     args = parser.parse_args()
-    source = args.source or REPO / "data" / "audio"
+    source = args.source or REPO / "features" / "data" / "audio"
 
     import torch
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from features.resources import data_path
 from features.errors import DataError
 
-MNIST_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"
+MNIST_DIR = data_path("mnist")
 IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
 LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
 

@@ -11,6 +11,8 @@ import typer
 
 from flows.cli_common import friendly_errors
 
+from features.resources import data_path
+
 app = typer.Typer(
     help="Neural style transfer: per-image optimisation (Gatys) or a fast network for one style.",
     no_args_is_help=True,
@@ -21,7 +23,7 @@ Output = Annotated[Path, typer.Option(help="Output root; results go to OUTPUT/ru
 RunId = Annotated[str | None, typer.Option(help="Run id (default: a new time-stamped id).")]
 ContentW = Annotated[float, typer.Option(help="alpha: weight of the content loss.")]
 StyleW = Annotated[float, typer.Option(help="beta: weight of the Gram-matrix style loss.")]
-DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / "data" / "images"
+DEFAULT_IMAGES = data_path("images")
 
 
 def _prepare() -> None:

@@ -21,6 +21,7 @@ import soundfile as sf
 import soxr
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from features.resources import data_path
 from features.audio import (
     DEFAULT_CHANNELS,
     MAX_CHANNELS,
@@ -43,8 +44,7 @@ from pipelines.store import (
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CATALOGUE = REPO / "data" / "audio" / "catalog.csv"
+DEFAULT_CATALOGUE = data_path("audio", "catalog.csv")
 TOPIC = "audio"
 
 SUPPORTED_SUFFIXES = frozenset({".ogg", ".oga", ".flac", ".wav"})
@@ -574,7 +574,7 @@ def publish_run(
         "run_id": run.run_id,
         "topic": TOPIC,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": str(source) if source is not None else "data/audio/catalog.csv (default)",
+        "source": str(source) if source is not None else "features/data/audio/catalog.csv (default)",
         "config": config.model_dump(),
         "encoded": len(result.encoded),
         "rejected": len(result.rejected),

@@ -12,13 +12,13 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from features.resources import data_path
 from features.columns import AUTHOR_ID, ITEM_ID, TITLE, TS, USER_ID, WEIGHT
 from features.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-EMBEDDED = REPO / "data" / "movielens-small"
+EMBEDDED = data_path("movielens-small")
 
 FileFormat = Literal["auto", "csv", "tsv", "dat", "parquet"]
 DuplicateRule = Literal["last", "first", "sum", "max", "mean"]

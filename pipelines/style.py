@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from features.resources import data_path
 from features.images import (
     list_images,
     load_image,
@@ -45,8 +46,7 @@ from pipelines.store import RunFolder, new_run_id, write_bytes_atomic, write_jso
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO / "data" / "images"
+IMAGES = data_path("images")
 DEFAULT_CONTENT = IMAGES / "content" / "chelsea.jpg"
 DEFAULT_STYLE = IMAGES / "style" / "starry_night.jpg"
 DEFAULT_TRAIN_IMAGES = IMAGES / "content"

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[2]
-VGG_WEIGHTS = REPO / "data" / "vgg" / "vgg19_normalised_to_relu3_1.npz"
+from features.resources import data_path
+
+VGG_WEIGHTS = data_path("vgg", "vgg19_normalised_to_relu3_1.npz")
 LAYERS = ("relu1_1", "relu2_1", "relu3_1")
 """Feature maps the encoder returns, in depth order."""
 CHANNELS = {"relu1_1": 64, "relu2_1": 128, "relu3_1": 256}

@@ -23,7 +23,7 @@ from features.images import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "data" / "images"
+SHIPPED = REPO / "features" / "data" / "images"
 
 
 def _save(tmp_path: Path, name: str, image: Image.Image) -> Path:

@@ -30,8 +30,8 @@ from models.torch_utils import save_checkpoint, set_threads
 
 set_threads(1)
 REPO = Path(__file__).resolve().parents[2]
-CAT = REPO / "data" / "images" / "content" / "chelsea.jpg"
-STARRY = REPO / "data" / "images" / "style" / "starry_night.jpg"
+CAT = REPO / "features" / "data" / "images" / "content" / "chelsea.jpg"
+STARRY = REPO / "features" / "data" / "images" / "style" / "starry_night.jpg"
 
 
 @pytest.fixture(scope="module")
