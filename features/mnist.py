@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features.resources import data_path
 from features.errors import DataError
+from features.resources import data_path
 
 MNIST_DIR = data_path("mnist")
 IMAGES_FILE = "t10k-images-idx3-ubyte.gz"

@@ -38,7 +38,7 @@ ENCODE_HELP = "\n\n".join([
 def encode(
     source: Annotated[Path | None, typer.Argument(
         help="A folder of audio (scanned recursively; credits from its catalog.csv if any) or a "
-             "catalogue CSV with a 'file' column. Default: the clips shipped in the package (features/data/audio).",
+             "catalogue CSV with a 'file' column. Default: the clips shipped in the package.",
         show_default=False,
     )] = None,
     output: Annotated[Path, typer.Option(

@@ -9,9 +9,8 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import friendly_errors
-
 from features.resources import data_path
+from flows.cli_common import friendly_errors
 
 app = typer.Typer(
     help="Neural style transfer: per-image optimisation (Gatys) or a fast network for one style.",

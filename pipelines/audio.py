@@ -21,7 +21,6 @@ import soundfile as sf
 import soxr
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from features.resources import data_path
 from features.audio import (
     DEFAULT_CHANNELS,
     MAX_CHANNELS,
@@ -33,6 +32,7 @@ from features.audio import (
     round_trip_snr_db,
 )
 from features.errors import ConfigError, DataError
+from features.resources import data_path
 from pipelines.store import (
     RunFolder,
     atomic_path,
@@ -574,7 +574,7 @@ def publish_run(
         "run_id": run.run_id,
         "topic": TOPIC,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": str(source) if source is not None else "features/data/audio/catalog.csv (default)",
+        "source": str(source) if source is not None else "shipped catalogue (default)",
         "config": config.model_dump(),
         "encoded": len(result.encoded),
         "rejected": len(result.rejected),

@@ -12,9 +12,9 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.resources import data_path
 from features.columns import AUTHOR_ID, ITEM_ID, TITLE, TS, USER_ID, WEIGHT
 from features.errors import ConfigError, DataError
+from features.resources import data_path
 
 log = logging.getLogger(__name__)
 

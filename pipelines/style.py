@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from features.resources import data_path
 from features.images import (
     list_images,
     load_image,
@@ -27,6 +26,7 @@ from features.images import (
     to_tensor,
     to_uint8,
 )
+from features.resources import data_path
 from models.generative.style import (
     FastTrainConfig,
     History,
