@@ -41,7 +41,7 @@ class FusionConfig(BaseModel):
 
 
 class DiversifyConfig(BaseModel):
-    """Length of the published lists and the author cap."""
+    """Length of the published lists, the author cap and how freed slots are filled."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,6 +49,11 @@ class DiversifyConfig(BaseModel):
     """Length of each user's final list."""
     max_per_author: int = Field(2, ge=1)
     """Most items one author may hold in a list, unless the candidates leave no choice."""
+    author_penalty: float = Field(0.0, ge=0.0)
+    """MMR-style soft penalty, in list positions, on every earlier-kept item by the same author:
+    the k-th item of an author competes as if ranked `author_penalty * (k - 1)` places lower.
+    0 (the default, chosen on validation) keeps the best-by-score fill, which is the optimal
+    fill of the capped slots when item relevances are independent (see `diversify`)."""
 
 
 def _sources_list(candidates: pl.DataFrame, names: Sequence[str]) -> pl.Expr:
@@ -79,39 +84,60 @@ def fuse(candidates: pa.Table, config: FusionConfig) -> pa.Table:
 
 
 def cap_authors_reference(
-    ranked: Sequence[tuple[str, str]], *, n: int, max_per_author: int
+    ranked: Sequence[tuple[str, str]], *, n: int, max_per_author: int,
+    author_penalty: float = 0.0,
 ) -> list[tuple[str, str]]:
-    """Greedy reference of the cap on one list of (item, author), best first.
+    """Greedy reference of the re-ranker on one list of (item, author), best first.
 
-    Take the best `n` items, at most `max_per_author` per author where the list allows it;
-    over-cap items are deferred, not dropped, and backfill the tail only when needed.
+    Each step takes the under-cap item with the best position minus the MMR-style penalty,
+    key = position + author_penalty * (items of its author already kept), ties to the better
+    position; over-cap items are deferred, not dropped, and backfill the tail in their
+    original order only when the under-cap items cannot fill `n`. With the default penalty 0
+    this is "the best `n` items, at most `max_per_author` per author where the list allows it".
     """
     kept: list[tuple[str, str]] = []
-    deferred: list[tuple[str, str]] = []
     per_author: Counter[str] = Counter()
-    for entry in ranked:
-        if len(kept) == n:
+    remaining = list(enumerate(ranked))
+    while len(kept) < n:
+        eligible = [(pos + author_penalty * per_author[e[1]], pos, e) for pos, e in remaining
+                    if per_author[e[1]] < max_per_author]
+        if not eligible:
             break
-        if per_author[entry[1]] < max_per_author:
-            kept.append(entry)
-            per_author[entry[1]] += 1
-        else:
-            deferred.append(entry)
+        _, pos, entry = min(eligible)
+        kept.append(entry)
+        per_author[entry[1]] += 1
+        remaining = [(p, e) for p, e in remaining if p != pos]
+    kept_items = {e[0] for e in kept}
+    deferred = [e for e in ranked if e[0] not in kept_items]
     return kept + deferred[: n - len(kept)]
 
 
 def diversify(scored: pa.Table, items: pa.Table, config: DiversifyConfig) -> pa.Table:
     """Per user: best-first by score (ties: lower item id), author cap, keep `n`, rank 1-based.
 
-    Vectorised form of `cap_authors_reference`: an item is over the cap when `max_per_author`
-    better items of its author precede it; the final list is the under-cap items in order, then
-    the over-cap ones in order, cut at n. This equals the greedy scan (tested).
+    Vectorised form of `cap_authors_reference` (tested equal): with each user's candidates in
+    score order at positions 0, 1, ... and k the item's rank within its author in that order,
+    an item is over the cap when k > max_per_author. Under-cap items are ordered by
+    position + author_penalty * (k - 1): the greedy MMR pass keeps an author's items in score
+    order, so the k-th item always competes with exactly k - 1 earlier ones of its author and
+    its key is static. Over-cap items follow in score order; cut at n.
+
+    Why the default fill is by score alone: the lists that satisfy the cap form a partition
+    matroid, and for DCG with independent per-item relevance the greedy best-by-score choice is
+    optimal among them. A positive penalty spreads authors further (it is measured by
+    bench/quality.py and `pipelines.tradeoff`) but cannot raise expected NDCG under that model.
+
+    Users are independent (a shard of users gives the same rows as the whole table), provided
+    the same `items` table is passed: the id order used for ties is that of the catalogue plus
+    the scored ids. Vectorised with polars; no per-user Python loop.
     """
-    vocab = IdVocab.from_ids(scored.column(ITEM_ID)) if scored.num_rows else None
+    if not scored.num_rows:
+        return RECOMMENDATIONS_SCHEMA.empty_table()
     df = pl.from_arrow(scored)
     assert isinstance(df, pl.DataFrame)
-    if vocab is None:
-        return RECOMMENDATIONS_SCHEMA.empty_table()
+    # Tie order from the catalogue, so it does not depend on which users share the table.
+    vocab = IdVocab.from_ids(pa.chunked_array(
+        [items.column(ITEM_ID).cast(pa.string()), scored.column(ITEM_ID).cast(pa.string())]))
     authors = pl.from_arrow(items.select([ITEM_ID, AUTHOR_ID]))
     assert isinstance(authors, pl.DataFrame)
     df = df.with_columns(
@@ -120,12 +146,17 @@ def diversify(scored: pa.Table, items: pa.Table, config: DiversifyConfig) -> pa.
         pl.col(AUTHOR_ID).fill_null(pl.lit("item:") + pl.col(ITEM_ID))
     )
     df = df.sort([USER_ID, SCORE, "_order"], descending=[False, True, False])
+    k_in_author = pl.col(ITEM_ID).cum_count().over([USER_ID, AUTHOR_ID])  # 1-based
     df = df.with_columns(
-        (pl.col(ITEM_ID).cum_count().over([USER_ID, AUTHOR_ID]) > config.max_per_author)
-        .alias("_over"),
+        (k_in_author > config.max_per_author).alias("_over"),
         pl.int_range(pl.len()).over(USER_ID).alias("_pos"),
+        (k_in_author - 1).alias("_prior"),
     )
-    df = df.sort([USER_ID, "_over", "_pos"]).group_by(USER_ID, maintain_order=True).head(config.n)
+    key = pl.col("_pos").cast(pl.Float64) + config.author_penalty * pl.col("_prior")
+    df = df.with_columns(pl.when(pl.col("_over")).then(pl.col("_pos").cast(pl.Float64))
+                         .otherwise(key).alias("_key"))
+    df = df.sort([USER_ID, "_over", "_key", "_pos"]).group_by(USER_ID, maintain_order=True
+                                                              ).head(config.n)
     df = df.with_columns((pl.int_range(pl.len()).over(USER_ID) + 1).cast(pl.Int32).alias(RANK))
     out = df.select(USER_ID, ITEM_ID, SCORE, RANK, AUTHOR_ID, SOURCES)
     return out.to_arrow().cast(RECOMMENDATIONS_SCHEMA)
