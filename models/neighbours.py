@@ -1,12 +1,29 @@
-"""Pearson neighbourhoods over co-rated entries, computed blockwise with sparse algebra."""
+"""Row-to-row neighbourhoods (Pearson over co-rated entries, cosine, Jaccard), compiled."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
+from typing import Literal
 
+import numba
 import numpy as np
 import scipy.sparse as sp
+from numba import njit, prange
 from pydantic import BaseModel, ConfigDict, Field
+
+from features.errors import DataError, DataWarning
+
+# Kernel codes for `PearsonConfig.similarity`.
+_PEARSON, _COSINE, _JACCARD = 0, 1, 2
+_MODES = {"pearson": _PEARSON, "cosine": _COSINE, "jaccard": _JACCARD}
+# A co-rated variance at or below this share of the co-rated sum of squares (both about the
+# row's own mean) counts as zero: it is rounding, the values on the co-rated set are equal.
+_ZERO_VARIANCE = 1e-9
+# Weights this close to +-1 are +-1: a perfect correlation, off only by rounding, so that
+# perfect neighbours tie exactly (and go to the lower index) and threshold -1 drops them all.
+_UNIT = 1e-12
 
 
 class PearsonConfig(BaseModel):
@@ -22,9 +39,18 @@ class PearsonConfig(BaseModel):
     """Least number of co-rated entries |I_uv| for a similarity to exist."""
     shrinkage: float = Field(0.0, ge=0.0)
     """lambda in w * n / (n + lambda), damping weights with little support; 0 is the formula."""
+    similarity: Literal["pearson", "cosine", "jaccard"] = "pearson"
+    """"pearson": the lecture notes' formula, means over the co-rated set I_uv. It is undefined
+    when a row's weights are all equal (implicit feedback, or data without a weight column):
+    use "cosine" (the raw weight vectors, absent entries 0, full-row norms) or "jaccard"
+    (|I_uv| / |I_u or I_v| on co-occurrence) there. min_support, threshold, shrinkage, k and
+    the tie-break apply to all three."""
+    threads: int = Field(1, ge=1)
+    """Threads of the compiled kernel (capped at the cores numba sees); the result does not
+    depend on it. Memory grows by n_rows * k * 16 bytes per extra thread."""
     block_elements: int = Field(1_000_000, ge=1)
-    """Rows per block are block_elements // n_rows, so a block holds at most this many
-    co-rated pairs: memory ~ 100 bytes * block_elements (six aligned sums plus the top-k slab)."""
+    """Unused: the kernel needs no blocks (memory is O(n_rows * k) per thread). Accepted so
+    existing configuration files keep working."""
 
 
 @dataclass(frozen=True)
@@ -37,108 +63,347 @@ class Neighbours:
     support: np.ndarray  # (m,) int32, |co-rated set|
 
 
-def pearson_blocks(
-    ratings: sp.csr_matrix, config: PearsonConfig
-) -> Neighbours:
-    """Pearson weights between the rows of `ratings`, means taken over co-rated columns only.
+def pearson_blocks(ratings: sp.csr_matrix, config: PearsonConfig) -> Neighbours:
+    """Top-k neighbours of every row of `ratings` (rows x columns; stored entries are rated).
 
-    For rows u, v with co-rated columns I_uv (n = |I_uv|):
+    Pearson, for rows u, v with co-rated columns I_uv (n = |I_uv| >= min_support):
         w_uv = sum_I (r_u - m_u)(r_v - m_v) / sqrt(sum_I (r_u - m_u)^2 * sum_I (r_v - m_v)^2)
-    with m_u, m_v the means over I_uv. Expanding the sums gives everything from six co-rated
-    sums, each one sparse product per block of rows (B = the 0/1 pattern, X = the values):
-        n = B B^T, S_u = X B^T, Q_u = X^2 B^T, S_v = B X^T, Q_v = B (X^2)^T, P = X X^T
-    cov = P - S_u S_v / n, var_u = Q_u - S_u^2 / n, var_v = Q_v - S_v^2 / n.
+    with m_u, m_v the means over I_uv; no similarity where either side has zero variance on
+    I_uv. Then w *= n / (n + shrinkage), only w > threshold is kept, and each row keeps its
+    k largest weights, ties going to the lower neighbour index.
 
-    X is each row shifted by its own mean and then by one global constant so every value is
-    >= 1: Pearson over I_uv is invariant to per-row shifts, the centring limits cancellation,
-    and strictly positive values make every product's sparsity pattern exactly that of B B^T
-    (no sum can cancel to an implicit zero). So the six results are aligned 1-D arrays over
-    the co-rated pairs only: nothing of size n_rows^2 is ever dense, and the work is the
-    co-rating count, not the matrix size. Memory is bounded by the block's co-rated pairs.
+    The kernel walks an inverted index once: for row u and each of its columns j, every later
+    row v (v > u) that rated j adds to six running sums of (u, v): n, Σx, Σy, Σx², Σy², Σxy,
+    in float64 over the touched rows only. Then w_uv = w_vu is offered to both rows' bounded
+    heaps (k best), so each pair is accumulated once. Before that each row is scaled by its
+    largest |value|, centred on its own mean and scaled again: Pearson over I_uv is invariant
+    to per-row positive scaling and shifting, the centring keeps the expanded sums from
+    cancelling (ratings of 1e6 + noise) and the scaling keeps 1e308 or subnormal weights
+    from overflowing or underflowing. Memory: the ratings' index twice, then per thread six
+    accumulators per row and the heaps (n_rows * k); the output is O(n_rows * k).
     """
-    ratings = sp.csr_matrix(ratings, dtype=np.float64)
-    ratings.sum_duplicates()
-    ratings.sort_indices()
-    n_rows = ratings.shape[0]
-    pattern = ratings.copy()
-    pattern.data = np.ones_like(pattern.data)
-    counts = np.diff(ratings.indptr)
-    row_mean = np.divide(
-        np.asarray(ratings.sum(axis=1)).ravel(), counts, out=np.zeros(n_rows), where=counts > 0
-    )
-    x = ratings.copy()
-    x.data = x.data - np.repeat(row_mean, counts)
-    x.data += 1.0 - x.data.min(initial=0.0)  # all values >= 1 (see above)
-    x2 = x.multiply(x).tocsr()
-    x2.sort_indices()
-    bt, xt, x2t = pattern.T.tocsr(), x.T.tocsr(), x2.T.tocsr()
-    # Rows per block from the densest rows' fan-out: co-rated pairs per row <= n_rows.
-    block = max(1, config.block_elements // max(n_rows, 1))
-    out: list[tuple[np.ndarray, ...]] = []
-    for start in range(0, n_rows, block):
-        stop = min(start + block, n_rows)
-        b_blk, x_blk, x2_blk = pattern[start:stop], x[start:stop], x2[start:stop]
-        n = b_blk @ bt  # (b, n_rows) sparse: one entry per co-rated pair
-        parts = [x_blk @ bt, x2_blk @ bt, b_blk @ xt, b_blk @ x2t, x_blk @ xt]
-        for part in parts:
-            if not (np.array_equal(part.indptr, n.indptr)
-                    and np.array_equal(part.indices, n.indices)):
-                raise AssertionError("co-rated sums lost alignment; values must be positive")
-        out.append(_top_k(start, n, *(part.data for part in parts), config))
-    if not out:
+    csr = sp.csr_matrix(ratings, dtype=np.float64)  # copies: the caller's matrix is untouched
+    csr.sum_duplicates()
+    csr.sort_indices()
+    if not np.isfinite(csr.data).all():
+        raise DataError("neighbour weights must be finite: the interactions' weight column "
+                        "holds NaN or infinity (check how duplicates are aggregated)")
+    n_rows, n_cols = csr.shape
+    k = min(config.k, n_rows - 1)
+    if k < 1 or csr.nnz == 0:
         empty = np.zeros(0, dtype=np.int32)
         return Neighbours(empty, empty, np.zeros(0), empty)
-    rows, nbrs, weights, support = (np.concatenate(parts) for parts in zip(*out, strict=True))
-    return Neighbours(rows, nbrs, weights, support)
+    mode = _MODES[config.similarity]
+    indptr = csr.indptr.astype(np.int64)
+    indices = csr.indices.astype(np.int32)
+    values, row_stat, constant = _prepare_rows(indptr, csr.data, mode)
+    if mode == _PEARSON and constant == int(np.count_nonzero(np.diff(indptr))):
+        warnings.warn(
+            "every row's weights are all equal (implicit feedback, or data without a weight "
+            "column): Pearson is undefined, so no neighbours come out. Set similarity = "
+            '"cosine" or "jaccard" in this neighbours section for co-occurrence data.',
+            DataWarning, stacklevel=2)
+    colptr, colrow, colval, colpos = _transpose(indptr, indices, values, n_cols)
+    threads = max(1, min(config.threads, numba.config.NUMBA_NUM_THREADS))
+    args = (indptr, indices, values, colptr, colrow, colval, colpos, row_stat, mode, k,
+            config.min_support, config.threshold, config.shrinkage)
+    if threads == 1:
+        heap_w, heap_v, heap_n, size = _alloc_heaps(1, n_rows, k)
+        _scan(0, 1, *args, heap_w, heap_v, heap_n, size)
+        out = _collect(1, n_rows, k, heap_w, heap_v, heap_n, size)
+    else:
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            heap_w, heap_v, heap_n, size = _alloc_heaps(threads, n_rows, k)
+            _scan_parallel(threads, *args, heap_w, heap_v, heap_n, size)
+            out = _collect_parallel(threads, n_rows, k, heap_w, heap_v, heap_n, size)
+        finally:
+            numba.set_num_threads(previous)
+    return Neighbours(*out)
 
 
-def _top_k(
-    start: int, pairs: sp.csr_matrix, s_u: np.ndarray, q_u: np.ndarray, s_v: np.ndarray,
-    q_v: np.ndarray, p: np.ndarray, config: PearsonConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Weights of one block's co-rated pairs (1-D arrays aligned with `pairs`), cut to top-k.
+def _alloc_heaps(threads: int, n_rows: int, k: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-thread k-best heaps of every row: flat (threads * n_rows * k,) plus sizes."""
+    slots = threads * n_rows * k
+    return (np.empty(slots), np.empty(slots, dtype=np.int32), np.empty(slots, dtype=np.int32),
+            np.zeros(threads * n_rows, dtype=np.int32))
 
-    Returns (row, neighbour, weight, support) sorted by row, weight desc, neighbour asc.
+
+@njit(cache=True, nogil=True)
+def _prepare_rows(indptr: np.ndarray, data: np.ndarray, mode: int
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per entry the value the kernel accumulates, per row a statistic, and the constant rows.
+
+    pearson: (r / max|r| - mean) / max|that|, in [-1, 1]; row_stat unused.
+    cosine: r / max|r|; row_stat = the row's norm after that scaling.
+    jaccard: 1.0; row_stat = the row's entry count.
+    Returns (values (nnz,), row_stat (n_rows,), number of non-empty rows with one value).
     """
-    n = pairs.data
-    rows = np.repeat(np.arange(start, start + pairs.shape[0]), np.diff(pairs.indptr))
-    cols = pairs.indices
-    keep = (n >= config.min_support) & (rows != cols)
-    rows, cols, n = rows[keep], cols[keep], n[keep]
-    s_u, q_u, s_v, q_v, p = s_u[keep], q_u[keep], s_v[keep], q_v[keep], p[keep]
-    var_u = q_u - s_u * s_u / n
-    var_v = q_v - s_v * s_v / n
-    # Zero variance up to rounding, relative to the sum of squares it was computed from.
-    tol = 1e-9
-    ok = (var_u > tol * q_u) & (var_v > tol * q_v)
-    w = (p[ok] - s_u[ok] * s_v[ok] / n[ok]) / np.sqrt(var_u[ok] * var_v[ok])
-    rows, cols, n = rows[ok], cols[ok], n[ok]
-    np.clip(w, -1.0, 1.0, out=w)
-    if config.shrinkage > 0:
-        w *= n / (n + config.shrinkage)
-    above = w > config.threshold
-    rows, cols, n, w = rows[above], cols[above], n[above], w[above]
-    b, n_rows = pairs.shape
-    if len(w) > 0.2 * b * n_rows:
-        # Densely co-rated block: a partition over a (b, n_rows) slab beats sorting the pairs.
-        slab = np.full((b, n_rows), -np.inf)
-        slab[rows - start, cols] = w
-        support = np.zeros((b, n_rows), dtype=np.int32)
-        support[rows - start, cols] = n
-        pick = top_k_indices(slab, config.k)  # (b, k)
-        top_w = np.take_along_axis(slab, pick, axis=1)
-        order = np.lexsort((pick, -top_w), axis=1)
-        pick, top_w = np.take_along_axis(pick, order, 1), np.take_along_axis(top_w, order, 1)
-        ok = np.isfinite(top_w)
-        r = np.broadcast_to(np.arange(b)[:, None], pick.shape)[ok]
-        return ((r + start).astype(np.int32), pick[ok].astype(np.int32), top_w[ok],
-                support[r, pick[ok]])
-    order = np.lexsort((cols, -w, rows))  # by row, then weight desc, then neighbour asc
-    rows, cols, n, w = rows[order], cols[order], n[order], w[order]
-    first = np.searchsorted(rows, rows, side="left")  # index of each row's first entry
-    top = (np.arange(len(rows)) - first) < config.k
-    return (rows[top].astype(np.int32), cols[top].astype(np.int32), w[top],
-            n[top].astype(np.int32))
+    n_rows = len(indptr) - 1
+    values = np.empty(len(data))
+    row_stat = np.zeros(n_rows)
+    constant = 0
+    for u in range(n_rows):
+        lo, hi = indptr[u], indptr[u + 1]
+        if hi == lo:
+            continue
+        first, same, scale = data[lo], True, 0.0
+        for p in range(lo, hi):
+            same = same and data[p] == first
+            scale = max(scale, abs(data[p]))
+        constant += same
+        if mode == _JACCARD:
+            values[lo:hi] = 1.0
+            row_stat[u] = hi - lo
+            continue
+        if scale == 0.0:
+            values[lo:hi] = 0.0
+            continue
+        total, squares = 0.0, 0.0
+        for p in range(lo, hi):
+            values[p] = data[p] / scale
+            total += values[p]
+            squares += values[p] * values[p]
+        if mode == _COSINE:
+            row_stat[u] = math.sqrt(squares)
+            continue
+        mean = total / (hi - lo)
+        spread = 0.0
+        for p in range(lo, hi):
+            values[p] -= mean
+            spread = max(spread, abs(values[p]))
+        if same or spread == 0.0:
+            values[lo:hi] = 0.0  # one value: no variance on any co-rated set
+        else:
+            values[lo:hi] /= spread
+    return values, row_stat, constant
+
+
+@njit(cache=True, nogil=True)
+def _transpose(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_cols: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Column-major copy (rows ascending within each column) and each entry's place in it."""
+    nnz = len(indices)
+    colptr = np.zeros(n_cols + 1, dtype=np.int64)
+    for p in range(nnz):
+        colptr[indices[p] + 1] += 1
+    for j in range(n_cols):
+        colptr[j + 1] += colptr[j]
+    fill = colptr[:-1].copy()
+    colrow = np.empty(nnz, dtype=np.int32)
+    colval = np.empty(nnz)
+    colpos = np.empty(nnz, dtype=np.int64)  # CSR entry -> its index in the column arrays
+    for u in range(len(indptr) - 1):
+        for p in range(indptr[u], indptr[u + 1]):
+            q = fill[indices[p]]
+            fill[indices[p]] = q + 1
+            colrow[q], colval[q], colpos[p] = u, values[p], q
+    return colptr, colrow, colval, colpos
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _worse(w: float, v: int, w2: float, v2: int) -> bool:
+    """(w, v) ranks below (w2, v2): lower weight, or the same weight and a higher index."""
+    return w < w2 or (w == w2 and v > v2)
+
+
+@njit(cache=True, nogil=True)
+def _push(heap_w: np.ndarray, heap_v: np.ndarray, heap_n: np.ndarray, size: np.ndarray,
+          slot: int, k: int, w: float, v: int, n: int) -> None:
+    """Offer (w, v, n) to the k-best heap `slot` (flat, root = the worst kept entry)."""
+    base, s = slot * k, size[slot]
+    if s < k:
+        i = s
+        while i > 0:  # sift up: parents are worse than their children
+            parent = (i - 1) >> 1
+            if not _worse(w, v, heap_w[base + parent], heap_v[base + parent]):
+                break
+            heap_w[base + i] = heap_w[base + parent]
+            heap_v[base + i] = heap_v[base + parent]
+            heap_n[base + i] = heap_n[base + parent]
+            i = parent
+        size[slot] = s + 1
+    else:
+        if not _worse(heap_w[base], heap_v[base], w, v):
+            return  # not better than the worst of k kept
+        i = 0
+        while True:  # sift down from the root
+            child = 2 * i + 1
+            if child >= k:
+                break
+            if child + 1 < k and _worse(heap_w[base + child + 1], heap_v[base + child + 1],
+                                        heap_w[base + child], heap_v[base + child]):
+                child += 1
+            if not _worse(heap_w[base + child], heap_v[base + child], w, v):
+                break
+            heap_w[base + i] = heap_w[base + child]
+            heap_v[base + i] = heap_v[base + child]
+            heap_n[base + i] = heap_n[base + child]
+            i = child
+    heap_w[base + i], heap_v[base + i], heap_n[base + i] = w, v, n
+
+
+@njit(cache=True, nogil=True)
+def _scan(t: int, threads: int, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+          colptr: np.ndarray, colrow: np.ndarray, colval: np.ndarray, colpos: np.ndarray,
+          row_stat: np.ndarray, mode: int, k: int, min_support: int, threshold: float,
+          shrinkage: float, heap_w: np.ndarray, heap_v: np.ndarray, heap_n: np.ndarray,
+          size: np.ndarray) -> None:
+    """Rows t, t + threads, ...: every pair (u, v > u) into thread t's heaps of u and v."""
+    n_rows = len(indptr) - 1
+    acc = np.zeros((n_rows, 6))  # per v: n, Σx, Σy, Σx², Σy², Σxy over I_uv
+    touched = np.empty(n_rows, dtype=np.int32)
+    offset = t * n_rows  # this thread's heap slots
+    for u in range(t, n_rows, threads):
+        m = 0
+        for p in range(indptr[u], indptr[u + 1]):
+            x = values[p]
+            for q in range(colpos[p] + 1, colptr[indices[p] + 1]):  # rows v > u rating j
+                v = colrow[q]
+                y = colval[q]
+                if acc[v, 0] == 0.0:
+                    touched[m] = v
+                    m += 1
+                acc[v, 0] += 1.0
+                acc[v, 1] += x
+                acc[v, 2] += y
+                acc[v, 3] += x * x
+                acc[v, 4] += y * y
+                acc[v, 5] += x * y
+        for i in range(m):
+            v = touched[i]
+            n = acc[v, 0]
+            sx, sy, sxx, syy, sxy = acc[v, 1], acc[v, 2], acc[v, 3], acc[v, 4], acc[v, 5]
+            acc[v, :] = 0.0
+            if n < min_support:
+                continue
+            if mode == _PEARSON:
+                var_u = sxx - sx * sx / n
+                var_v = syy - sy * sy / n
+                if var_u <= _ZERO_VARIANCE * sxx or var_v <= _ZERO_VARIANCE * syy:
+                    continue
+                w = (sxy - sx * sy / n) / (math.sqrt(var_u) * math.sqrt(var_v))
+            elif mode == _COSINE:
+                if row_stat[u] == 0.0 or row_stat[v] == 0.0:
+                    continue
+                w = sxy / row_stat[u] / row_stat[v]
+            else:
+                w = n / (row_stat[u] + row_stat[v] - n)
+            if abs(w) > 1.0 - _UNIT:
+                w = 1.0 if w > 0.0 else -1.0
+            if shrinkage > 0.0:
+                w *= n / (n + shrinkage)
+            if w > threshold:
+                _push(heap_w, heap_v, heap_n, size, offset + u, k, w, v, int(n))
+                _push(heap_w, heap_v, heap_n, size, offset + v, k, w, u, int(n))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _scan_parallel(threads: int, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                   colptr: np.ndarray, colrow: np.ndarray, colval: np.ndarray,
+                   colpos: np.ndarray, row_stat: np.ndarray, mode: int, k: int,
+                   min_support: int, threshold: float, shrinkage: float, heap_w: np.ndarray,
+                   heap_v: np.ndarray, heap_n: np.ndarray, size: np.ndarray) -> None:
+    """`_scan` on `threads` interleaved row sets at once (interleaving balances v > u)."""
+    for t in prange(threads):
+        _scan(t, threads, indptr, indices, values, colptr, colrow, colval, colpos, row_stat,
+              mode, k, min_support, threshold, shrinkage, heap_w, heap_v, heap_n, size)
+
+
+@njit(cache=True, nogil=True)
+def _sort_heap(heap_w: np.ndarray, heap_v: np.ndarray, heap_n: np.ndarray, base: int,
+               s: int) -> None:
+    """Heapsort in place: moving the worst root to the end leaves the best first."""
+    for end in range(s - 1, 0, -1):
+        w, v, n = heap_w[base + end], heap_v[base + end], heap_n[base + end]
+        heap_w[base + end] = heap_w[base]
+        heap_v[base + end] = heap_v[base]
+        heap_n[base + end] = heap_n[base]
+        i = 0
+        while True:  # sift (w, v, n) down the heap [0, end)
+            child = 2 * i + 1
+            if child >= end:
+                break
+            if child + 1 < end and _worse(heap_w[base + child + 1], heap_v[base + child + 1],
+                                          heap_w[base + child], heap_v[base + child]):
+                child += 1
+            if not _worse(heap_w[base + child], heap_v[base + child], w, v):
+                break
+            heap_w[base + i] = heap_w[base + child]
+            heap_v[base + i] = heap_v[base + child]
+            heap_n[base + i] = heap_n[base + child]
+            i = child
+        heap_w[base + i], heap_v[base + i], heap_n[base + i] = w, v, n
+
+
+@njit(cache=True, nogil=True)
+def _merge_row(r: int, threads: int, n_rows: int, k: int, heap_w: np.ndarray,
+               heap_v: np.ndarray, heap_n: np.ndarray, size: np.ndarray, start: int,
+               count: int, row: np.ndarray, nbr: np.ndarray, weight: np.ndarray,
+               support: np.ndarray) -> None:
+    """Write row r's best `count` entries, best first, from its sorted per-thread heaps."""
+    head = np.zeros(threads, dtype=np.int64)
+    for out in range(start, start + count):
+        best, best_q = -1, 0
+        for t in range(threads):
+            slot = t * n_rows + r
+            if head[t] < size[slot]:
+                q = slot * k + head[t]
+                if best < 0 or _worse(heap_w[best_q], heap_v[best_q], heap_w[q], heap_v[q]):
+                    best, best_q = t, q
+        head[best] += 1
+        row[out], nbr[out] = r, heap_v[best_q]
+        weight[out], support[out] = heap_w[best_q], heap_n[best_q]
+
+
+@njit(cache=True, nogil=True)
+def _counts(threads: int, n_rows: int, k: int, size: np.ndarray) -> np.ndarray:
+    """Output offsets (n_rows + 1,): each row keeps min(k, what its heaps hold)."""
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    for r in range(n_rows):
+        held = 0
+        for t in range(threads):
+            held += size[t * n_rows + r]
+        offsets[r + 1] = offsets[r] + min(k, held)
+    return offsets
+
+
+@njit(cache=True, nogil=True)
+def _collect(threads: int, n_rows: int, k: int, heap_w: np.ndarray, heap_v: np.ndarray,
+             heap_n: np.ndarray, size: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted COO output (row, neighbour, weight, support) from the heaps."""
+    offsets = _counts(threads, n_rows, k, size)
+    m = offsets[-1]
+    row, nbr = np.empty(m, dtype=np.int32), np.empty(m, dtype=np.int32)
+    weight, support = np.empty(m), np.empty(m, dtype=np.int32)
+    for r in range(n_rows):
+        for t in range(threads):
+            slot = t * n_rows + r
+            _sort_heap(heap_w, heap_v, heap_n, slot * k, size[slot])
+        _merge_row(r, threads, n_rows, k, heap_w, heap_v, heap_n, size, offsets[r],
+                   offsets[r + 1] - offsets[r], row, nbr, weight, support)
+    return row, nbr, weight, support
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _collect_parallel(threads: int, n_rows: int, k: int, heap_w: np.ndarray,
+                      heap_v: np.ndarray, heap_n: np.ndarray, size: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_collect` with rows spread over the threads (each row is independent)."""
+    offsets = _counts(threads, n_rows, k, size)
+    m = offsets[-1]
+    row, nbr = np.empty(m, dtype=np.int32), np.empty(m, dtype=np.int32)
+    weight, support = np.empty(m), np.empty(m, dtype=np.int32)
+    for r in prange(n_rows):
+        for t in range(threads):
+            slot = t * n_rows + r
+            _sort_heap(heap_w, heap_v, heap_n, slot * k, size[slot])
+        _merge_row(r, threads, n_rows, k, heap_w, heap_v, heap_n, size, offsets[r],
+                   offsets[r + 1] - offsets[r], row, nbr, weight, support)
+    return row, nbr, weight, support
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
