@@ -3,6 +3,7 @@
 USER_ID = "user_id"
 ITEM_ID = "item_id"
 AUTHOR_ID = "author_id"
+AUTHOR = "author"
 TITLE = "title"
 WEIGHT = "weight"
 TS = "ts"

@@ -1,7 +1,8 @@
-"""IdVocab: the source's own ids (kept as strings) to dense indices 0..n-1 and back."""
+"""IdVocab: the source's own ids (kept as text) to dense indices and back; name identity keys."""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,31 @@ def _natural_order(ids: pa.Array) -> pa.Array:
     else:
         order = pc.sort_indices(unique)
     return pc.take(unique, order)
+
+
+def normalize_name(name: str) -> str:
+    """The identity key of a person's name: same key, same author.
+
+    Unicode NFKC, then case fold (NFKC again, so the key is stable), then every run of
+    whitespace and punctuation (Unicode categories Z* and P*, control characters, `_`) becomes
+    one `_`, trimmed at both ends: `"John  Grisham"`, `"JOHN GRISHAM"` and `"john_grisham"` all
+    give `john_grisham`, `"J.R.R. Tolkien"` and `"J. R. R. Tolkien"` give `j_r_r_tolkien`.
+    Letters, digits, marks and symbols are kept (accents are not stripped). A name made only of
+    punctuation gives `""`.
+    """
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    out: list[str] = []
+    gap = False
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if ch.isspace() or cat[0] in "PZ" or cat == "Cc":
+            gap = True
+            continue
+        if gap and out:
+            out.append("_")
+        gap = False
+        out.append(ch)
+    return "".join(out)
 
 
 @dataclass(frozen=True)
