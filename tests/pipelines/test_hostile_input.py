@@ -202,6 +202,44 @@ def every_row_bad(d: Data) -> None:
         r",(\d+),(\d+)$", r",five,\2", line))
 
 
+def float_ids_parquet(d: Data, extra_user: float | None = None) -> None:
+    """The ratings as Parquet with float64 user and item ids (a pandas NaN-upcast habit)."""
+    import pyarrow as pa
+
+    rows = [line.split(",") for line in d.lines()[1:]]
+    users = [float(u[1:]) for u, *_ in rows]
+    items = [float(i) for _, i, *_ in rows]
+    if extra_user is not None:
+        users, items, rows = users + [extra_user], items + [1.0], rows + [["", "", "4", str(TS)]]
+    target = d.folder / "ratings.parquet"
+    pq.write_table(pa.table({"user": users, "item": items,
+                             "rating": [float(r[2]) for r in rows],
+                             "ts": [int(r[3]) for r in rows]}), target)
+    d.source["path"] = str(target)
+    d.items.write_text("item,title,author\n" + "".join(
+        f"{i},Item {i},author{i % 5}\n" for i in range(40)))
+
+
+def huge_float_ids(d: Data) -> None:
+    float_ids_parquet(d, extra_user=2.0**53 + 2)
+
+
+def parquet_named(d: Data) -> str:
+    return str(d.folder / "ratings.parquet")
+
+
+def ms_read_as_seconds(d: Data) -> None:
+    d.rewrite(lambda line: line if line.startswith("user") else line + "000")
+
+
+def seconds_read_as_ms(d: Data) -> None:
+    d.source["timestamp_unit"] = "ms"
+
+
+def named_timestamp_missing(d: Data) -> None:
+    d.source["timestamp"] = "event_time"
+
+
 def case_folder_named(name: str) -> Callable[[Data], str]:
     return lambda d: str(d.folder / name)
 
@@ -427,6 +465,84 @@ def check_latin1(d: Data, run: Path) -> None:
     assert titles["0001"] == "Caf\xe9 1"
 
 
+def check_float_ids(d: Data, run: Path) -> None:
+    users = ids(run, "interactions", "user_id")
+    assert users == {str(u) for u in range(30)}  # "0".."29", never "0.0"
+    items = read(run, "items")
+    assert all(r["title"] == f"Item {r['item_id']}" for r in items)  # all matched metadata
+    assert not any(r["author_id"].startswith("item:") for r in items)
+
+
+OVERFLOW = "summed weight of a repeated pair is infinite"
+
+
+def summed_weights_overflow(d: Data) -> None:
+    d.source["duplicates"] = "sum"
+    d.append(f"u001,9001,1e308,{TS}\nu002,9001,5,{TS}\nu001,9001,1e308,{TS + 1}\n")
+
+
+def check_no_inf(d: Data, run: Path) -> None:
+    weights = {(r["user_id"], r["item_id"]): r["weight"] for r in read(run, "interactions")}
+    assert ("u001", "9001") not in weights and weights[("u002", "9001")] == 5.0
+    assert all(w < float("inf") for w in weights.values())
+
+
+def conflicting_authors(d: Data) -> None:
+    # 0001 is listed twice: first as by "zed" (line 1), later as by author1 (the tiny default).
+    lines = d.items.read_text().splitlines()
+    d.items.write_text("\n".join([lines[0], "0001,Item 1 (first),zed", *lines[1:]]) + "\n")
+
+
+def check_conflicting_authors(d: Data, run: Path) -> None:
+    items = {r["item_id"]: r for r in read(run, "items")}
+    assert (items["0001"]["author_id"], items["0001"]["title"]) == ("zed", "Item 1 (first)")
+    assert items["0006"]["author_id"] == "author1"
+
+
+def author_names_in_many_spellings(d: Data) -> None:
+    # Items of author 0 are spelled four ways: one real author for the cap.
+    spellings = ["Jane Doe", "JANE DOE", " jane   doe ", "Jane Doe."]
+    d.items.write_text("item,title,author\n" + "".join(
+        f"0{i:03d},Item {i},{spellings[(i // 5) % 4] if i % 5 == 0 else f'author{i % 5}'}\n"
+        for i in range(40)))
+
+
+def check_author_names(d: Data, run: Path) -> None:
+    items = {r["item_id"]: r for r in read(run, "items")}
+    jane = {i for i, r in items.items() if int(i) % 5 == 0}
+    assert {items[i]["author_id"] for i in jane} == {"jane_doe"}
+    assert {items[i]["author"] for i in jane} == {"Jane Doe"}  # the name as first seen
+    for user, recs in recs_by_user(run).items():
+        assert sum(r["author_id"] == "jane_doe" for r in recs) <= 2, user  # the cap holds
+
+
+def no_timestamp_key(d: Data) -> None:
+    del d.source["timestamp"]  # the file's "ts" column is ignored: "no time stamps"
+
+
+def check_no_timestamps(d: Data, run: Path) -> None:
+    assert all(r["ts"] is None for r in read(run, "interactions"))
+
+
+def no_weight_key(d: Data) -> None:
+    del d.source["weight"]
+
+
+def check_no_weights(d: Data, run: Path) -> None:
+    assert {r["weight"] for r in read(run, "interactions")} == {1.0}
+
+
+def utc_timestamps(d: Data) -> None:
+    d.append("u001,0039,4,2020-09-13 14:26:40+02:00\n")
+
+
+def check_utc(d: Data, run: Path) -> None:
+    schema = pq.read_schema(run / "interactions.parquet")
+    assert str(schema.field("ts").type) == "timestamp[us, tz=UTC]"
+    kept = {r["user_id"]: r["ts"] for r in read(run, "interactions") if r["item_id"] == "0039"}
+    assert kept["u001"] == datetime(2020, 9, 13, 12, 26, 40, tzinfo=UTC)
+
+
 FATAL = [
     Case("empty-file", empty_file, r"is empty; it needs a header"),
     Case("header-only", header_only, r"has no data rows \(header only\?\)"),
@@ -486,6 +602,18 @@ FATAL = [
          r"10 of 370 rows rejected, more than max_rejected_fraction=0.01"),
     Case("every-row-bad", every_row_bad,
          rf"all {N_ROWS} rows were rejected \(\[\('weight is not a number', {N_ROWS}\)\]\)"),
+    Case("float-ids-beyond-2-53", huge_float_ids,
+         r"id column 'user' is stored as DOUBLE and holds 1 values of magnitude 2\^53 or more "
+         r".*distinct ids may already have collapsed.*as integers \(int64\) or strings",
+         names=parquet_named),
+    Case("milliseconds-read-as-seconds", ms_read_as_seconds,
+         r"column 'ts' look like milliseconds, not seconds: read as seconds 360 of 360 lie in "
+         r"the future .*Set timestamp_unit = \"ms\""),
+    Case("seconds-read-as-milliseconds", seconds_read_as_ms,
+         r"column 'ts' look like seconds, not milliseconds: read as milliseconds 360 of 360 "
+         r"fall before 1971 .*Set timestamp_unit = \"s\""),
+    Case("named-timestamp-column-missing", named_timestamp_missing,
+         r"column 'event_time' \(the timestamp column\) is missing"),
 ]
 
 SKIPPABLE = [
@@ -517,6 +645,16 @@ SKIPPABLE = [
     Case("padded-fields", padded_fields, check=check_padded),
     Case("gzip-compressed", gzipped),
     Case("latin1-declared", latin1_declared, check=check_latin1),
+    Case("float-ids-in-parquet", float_ids_parquet, check=check_float_ids),
+    Case("summed-weights-overflow", summed_weights_overflow, rejected={OVERFLOW: 2},
+         lines=[361, 363], check=check_no_inf),
+    Case("items-with-conflicting-authors", conflicting_authors,
+         check=check_conflicting_authors),
+    Case("author-names-in-many-spellings", author_names_in_many_spellings,
+         check=check_author_names),
+    Case("source-without-timestamp-key", no_timestamp_key, check=check_no_timestamps),
+    Case("source-without-weight-key", no_weight_key, check=check_no_weights),
+    Case("timestamps-are-utc", utc_timestamps, check=check_utc),
 ]
 
 
