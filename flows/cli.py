@@ -9,12 +9,21 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli_common import friendly_errors
-from flows.settings import configure_process
+from flows.cli_common import (
+    CONTEXT_SETTINGS,
+    Engine,
+    EngineOpt,
+    QuietOpt,
+    VerboseOpt,
+    escape_help_markup,
+    friendly_errors,
+)
+from flows.settings import Verbosity, configure_process, console_logging
 
 app = typer.Typer(
     help="Offline batch recommender: nightly recommendations plus generative add-ons.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings=CONTEXT_SETTINGS,
 )
 
 ConfigOpt = Annotated[Path | None, typer.Option(
@@ -25,11 +34,56 @@ DataOpt = Annotated[Path | None, typer.Option(
     help="With --preset: the data folder, or the interactions file inside it.")]
 OutputOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", help="Output root; runs go to OUTPUT/runs/<run_id>/ (default: .).")]
+NoCacheOpt = Annotated[bool, typer.Option(
+    "--no-cache", help="Recompute every stage instead of reusing unchanged results "
+    "(sets output.cache = false).")]
+RunIdOpt = Annotated[str | None, typer.Option(help="Run id (default: UTC time + suffix).")]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recsys-nightly")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def verbosity(quiet: bool, verbose: bool) -> Verbosity | None:
+    """The level the flags ask for; None when neither is given (keep the current one)."""
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose contradict each other; pass one")
+    return Verbosity.QUIET if quiet else Verbosity.VERBOSE if verbose else None
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"recsys {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    quiet: QuietOpt = False, verbose: VerboseOpt = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Offline batch recommender: nightly recommendations plus generative add-ons.
+
+    The product's log lines (stage starts, input sizes, results, times) go to the terminal and
+    to the Prefect run logs at INFO; -q shows warnings only, -v adds debug detail.
+    """
+    configure_process(verbosity(quiet, verbose) or Verbosity.NORMAL)
 
 
 def load_config(config: Path | None, preset: str | None, data: Path | None,
-                output: Path | None) -> Any:
-    """Build the RunConfig from a TOML file and/or a preset, then apply --output."""
+                output: Path | None, no_cache: bool = False) -> Any:
+    """Build the RunConfig from a TOML file and/or a preset, then apply --output and --no-cache.
+
+    --output is taken from the working directory (like every other path on a command line),
+    paths inside the TOML file from that file's folder.
+    """
     from features.errors import ConfigError
     from pipelines.nightly import RunConfig
 
@@ -51,68 +105,79 @@ def load_config(config: Path | None, preset: str | None, data: Path | None,
     elif data is not None:
         raise ConfigError("--data needs --preset (or describe the files in a --config file)")
     if output is not None:
-        raw.setdefault("output", {})["root"] = str(output)
-    return RunConfig.from_dict(raw, base=base) if raw else RunConfig()
+        raw.setdefault("output", {})["root"] = str(output.resolve())
+    cfg = RunConfig.from_dict(raw, base=base) if raw else RunConfig()
+    if no_cache:
+        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"cache": False})})
+    return cfg
+
+
+def _print_summary(summary: dict[str, Any], seconds: float) -> None:
+    typer.echo(f"published run {summary['run_id']} -> {summary['path']}")
+    typer.echo(f"{'stage':<18}{'seconds':>9}  rows")
+    for st in summary["stages"]:
+        rows = ", ".join(f"{k}={v:,}" for k, v in st["rows"].items())
+        cached = "  (unchanged: reused)" if st.get("cached") else ""
+        typer.echo(f"{st['stage']:<18}{st['seconds']:>9.2f}  {rows}{cached}")
+    typer.echo(f"total {seconds:.1f} s")
 
 
 @app.command()
 @friendly_errors
 def run(
     config: ConfigOpt = None, preset: PresetOpt = None, data: DataOpt = None,
-    output: OutputOpt = None,
-    run_id: Annotated[str | None, typer.Option(help="Run id (default: UTC time + suffix).")] = None,
-    engine: Annotated[str, typer.Option(
-        help="prefect (default: a real flow run, visible in the UI) or local (no Prefect).")
-    ] = "prefect",
+    output: OutputOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = Engine.prefect,
+    no_cache: NoCacheOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
-    """Run the nightly recommendation flow and print rows per table and time per stage."""
-    configure_process()
-    cfg = load_config(config, preset, data, output)
+    """Run the nightly recommendation flow and print rows per table and time per stage.
+
+    Exit codes: 0 published; 2 bad input or config (nothing published); 1 failed.
+    """
+    configure_process(verbosity(quiet, verbose))
+    cfg = load_config(config, preset, data, output, no_cache)
     start = time.perf_counter()
-    if engine == "local":
+    if engine is Engine.local:
         from pipelines.nightly import run_nightly
 
+        console_logging()
         res = run_nightly(cfg, run_id)
         summary = {"run_id": res.run_id, "path": str(res.path),
                    "stages": [r.__dict__ for r in res.reports]}
-    elif engine == "prefect":
-        from flows.recommend import nightly_recommendations
-
-        summary = nightly_recommendations(config=cfg, run_id=run_id)
     else:
-        raise ValueError(f"--engine must be prefect or local, got {engine!r}")
-    typer.echo(f"published run {summary['run_id']} -> {summary['path']}")
-    typer.echo(f"{'stage':<18}{'seconds':>9}  rows")
-    for st in summary["stages"]:  # type: ignore[union-attr]
-        rows = ", ".join(f"{k}={v:,}" for k, v in st["rows"].items())
-        cached = "  (unchanged: reused)" if st.get("cached") else ""
-        typer.echo(f"{st['stage']:<18}{st['seconds']:>9.2f}  {rows}{cached}")
-    typer.echo(f"total {time.perf_counter() - start:.1f} s")
+        from flows.server import prefect_api
+
+        with prefect_api():
+            from flows.recommend import nightly_recommendations
+
+            summary = nightly_recommendations(config=cfg, run_id=run_id)
+    _print_summary(summary, time.perf_counter() - start)
 
 
 @app.command()
 @friendly_errors
 def evaluate(
     config: ConfigOpt = None, preset: PresetOpt = None, data: DataOpt = None,
-    output: OutputOpt = None,
-    engine: Annotated[str, typer.Option(help="prefect (default) or local.")] = "prefect",
+    output: OutputOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = Engine.prefect,
+    no_cache: NoCacheOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Compare every approach (sources, fusion, ranker, diversity) under the hold-out protocol.
 
     Writes evaluation.parquet and evaluation.md to a run folder (runs/latest is not moved).
     """
-    configure_process()
-    cfg = load_config(config, preset, data, output)
-    if engine == "local":
+    configure_process(verbosity(quiet, verbose))
+    cfg = load_config(config, preset, data, output, no_cache)
+    if engine is Engine.local:
         from pipelines.nightly import run_nightly
 
-        path = run_nightly(cfg, evaluate_only=True).path
-    elif engine == "prefect":
-        from flows.recommend import offline_evaluation
-
-        path = Path(str(offline_evaluation(config=cfg)["path"]))
+        console_logging()
+        path = run_nightly(cfg, run_id, evaluate_only=True).path
     else:
-        raise ValueError(f"--engine must be prefect or local, got {engine!r}")
+        from flows.server import prefect_api
+
+        with prefect_api():
+            from flows.recommend import offline_evaluation
+
+            path = Path(str(offline_evaluation(config=cfg, run_id=run_id)["path"]))
     typer.echo((path / "evaluation.md").read_text())
     typer.echo(f"written to {path}")
 
@@ -120,9 +185,9 @@ def evaluate(
 @app.command("show-config")
 @friendly_errors
 def show_config(config: ConfigOpt = None, preset: PresetOpt = None, data: DataOpt = None,
-                output: OutputOpt = None) -> None:
+                output: OutputOpt = None, no_cache: NoCacheOpt = False) -> None:
     """Print the effective run config (defaults merged with --config/--preset) as JSON."""
-    cfg = load_config(config, preset, data, output)
+    cfg = load_config(config, preset, data, output, no_cache)
     typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
 
@@ -131,27 +196,38 @@ def show_config(config: ConfigOpt = None, preset: PresetOpt = None, data: DataOp
 def serve_command(
     cron: Annotated[str, typer.Option(help="When the nightly run starts (cron syntax).")
                     ] = "0 2 * * *",
-    timezone: Annotated[str, typer.Option(help="IANA time zone of the cron, e.g. Europe/Berlin."
-                                          )] = "UTC",
-    config: ConfigOpt = None,
+    timezone: Annotated[str, typer.Option(
+        help="IANA time zone of the cron, e.g. Europe/Berlin.")] = "UTC",
+    config: ConfigOpt = None, preset: PresetOpt = None, data: DataOpt = None,
+    output: OutputOpt = None,
 ) -> None:
-    """Serve the schedules on this machine (nightly run + on-demand flows) until stopped.
+    """Serve every deployment from this machine (the nightly cron + on-demand flows) until stopped.
 
-    Needs a Prefect API: start `prefect server start` and set PREFECT_API_URL first.
+    Needs a Prefect API: run `prefect server start` and set PREFECT_API_URL first. Stop it with
+    Ctrl-C or SIGTERM (what systemd and docker send); the schedules stay active.
     """
     import zoneinfo
 
-    from flows.settings import configure_process
+    from features.errors import ConfigError
+    from flows.server import PrefectServerError, check_reachable, configured_api_url
 
-    configure_process()
     try:
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {timezone!r}; use an IANA name such as "
-                         "Europe/Berlin or UTC") from None
-    from flows.serve import serve_all
+        raise ConfigError(f"unknown time zone {timezone!r}; use an IANA name such as "
+                          "Europe/Berlin or UTC") from None
+    if config is not None or preset is not None:
+        load_config(config, preset, data, output)  # a typo fails now, not at 2 a.m.
+    url = configured_api_url()
+    if url is None:
+        raise PrefectServerError(
+            "`recsys serve` needs a Prefect server that outlives it: start one with "
+            "`prefect server start` and `export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+    check_reachable(url)
+    from flows.serve import DeploymentInputs, serve_all
 
-    serve_all(cron=cron, timezone=timezone, config_path=config)
+    serve_all(cron=cron, timezone=timezone, inputs=DeploymentInputs(
+        config_path=config, preset=preset, data=data, output=output))
 
 
 def _add_subapps() -> None:
@@ -161,6 +237,7 @@ def _add_subapps() -> None:
     app.add_typer(cli_train.app, name="train")
     app.add_typer(cli_style.app, name="style")
     app.add_typer(cli_audio.app, name="audio")
+    escape_help_markup(app)
 
 
 _add_subapps()

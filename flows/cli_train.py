@@ -8,54 +8,55 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import friendly_errors
+from flows.cli_common import (
+    CONTEXT_SETTINGS,
+    Device,
+    DeviceOpt,
+    Engine,
+    EngineOpt,
+    friendly_errors,
+)
 
 app = typer.Typer(help="Train the generative add-on models (VAE, RealNVP, GAN) on MNIST.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  context_settings=CONTEXT_SETTINGS)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="TOML file with the model's config keys (flat or under [vae] etc.); "
     "unknown keys are rejected. Default: the real-run config.")]
-DeviceOpt = Annotated[str, typer.Option(
-    help="auto (CUDA when available), cpu or cuda.")]
 OutputOpt = Annotated[Path, typer.Option(
     "--output", "-o", help="Output root; runs go to OUTPUT/runs/<run_id>/generative/<model>/.")]
 EpochsOpt = Annotated[int | None, typer.Option(help="Override the config's epochs.")]
 RunIdOpt = Annotated[str | None, typer.Option(help="Run id (default: UTC time + suffix).")]
-EngineOpt = Annotated[str, typer.Option(
-    help="prefect (a real flow run) or local (the same training without Prefect).")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show a tqdm progress bar per epoch.")]
 
 
-def _train(model: str, config: Path | None, device: str, output: Path, epochs: int | None,
-           run_id: str | None, engine: str, progress: bool) -> None:
-    from flows.settings import configure_process
+def _train(model: str, config: Path | None, device: Device, output: Path, epochs: int | None,
+           run_id: str | None, engine: Engine, progress: bool) -> None:
+    from flows.settings import configure_process, console_logging
 
     configure_process()
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
     from pipelines.generative import load_config
 
     # Validate the config before any flow run starts: a typo fails fast with exit code 2.
     cfg = load_config(model, config, {"epochs": epochs})
-    if engine == "prefect":
+    output = output.resolve()
+    if engine is Engine.prefect:
         from flows.generative import run_training
+        from flows.server import prefect_api
 
-        summary = run_training(model, config_path=config, config=cfg, device=device,
-                               output=output, run_id=run_id, show_progress=progress)
-    elif engine == "local":
-        import logging
-
+        with prefect_api():
+            summary = run_training(model, config_path=config, config=cfg, device=device.value,
+                                   output=output, run_id=run_id, show_progress=progress)
+    else:
         from pipelines.generative import train_model
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        res = train_model(model, cfg, device=device, root=output, run_id=run_id,
+        console_logging()
+        res = train_model(model, cfg, device=device.value, root=output, run_id=run_id,
                           show_progress=progress)
         summary = {"model": model, "run_id": res.run_id, "path": str(res.folder),
                    "checkpoint": str(res.checkpoint), "final": res.final,
                    "resumed_from_epoch": res.resumed_from_epoch}
-    else:
-        raise ValueError(f"--engine must be prefect or local, got {engine!r}")
     typer.echo(f"published {model} run {summary['run_id']} -> {summary['path']}")
     if summary["resumed_from_epoch"]:
         typer.echo(f"resumed after epoch {summary['resumed_from_epoch']}")
@@ -64,8 +65,8 @@ def _train(model: str, config: Path | None, device: str, output: Path, epochs: i
 
 @app.command()
 @friendly_errors
-def vae(config: ConfigOpt = None, device: DeviceOpt = "auto", output: OutputOpt = Path("."),
-        epochs: EpochsOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = "prefect",
+def vae(config: ConfigOpt = None, device: DeviceOpt = Device.auto, output: OutputOpt = Path("."),
+        epochs: EpochsOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = Engine.prefect,
         progress: ProgressOpt = True) -> None:
     """Train the VAE; writes checkpoint, metrics, samples and reconstructions."""
     _train("vae", config, device, output, epochs, run_id, engine, progress)
@@ -73,8 +74,9 @@ def vae(config: ConfigOpt = None, device: DeviceOpt = "auto", output: OutputOpt 
 
 @app.command()
 @friendly_errors
-def realnvp(config: ConfigOpt = None, device: DeviceOpt = "auto", output: OutputOpt = Path("."),
-            epochs: EpochsOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = "prefect",
+def realnvp(config: ConfigOpt = None, device: DeviceOpt = Device.auto,
+            output: OutputOpt = Path("."),
+            epochs: EpochsOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = Engine.prefect,
             progress: ProgressOpt = True) -> None:
     """Train the RealNVP flow (MNIST, or two moons with dataset = "moons")."""
     _train("realnvp", config, device, output, epochs, run_id, engine, progress)
@@ -82,8 +84,8 @@ def realnvp(config: ConfigOpt = None, device: DeviceOpt = "auto", output: Output
 
 @app.command()
 @friendly_errors
-def gan(config: ConfigOpt = None, device: DeviceOpt = "auto", output: OutputOpt = Path("."),
-        epochs: EpochsOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = "prefect",
+def gan(config: ConfigOpt = None, device: DeviceOpt = Device.auto, output: OutputOpt = Path("."),
+        epochs: EpochsOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = Engine.prefect,
         progress: ProgressOpt = True) -> None:
     """Train the GAN; logs generator gradient norms under both losses every log_every steps."""
     _train("gan", config, device, output, epochs, run_id, engine, progress)
