@@ -71,7 +71,8 @@ OS_FAULT_FIXES: dict[int, str] = {
     errno.EPERM: "check its permissions or choose another --output",
     errno.ENOTDIR: "a file stands where a folder is needed: move that file away or choose "
                    "another --output",
-    errno.EEXIST: "something is already there: move it away or choose another --output",
+    errno.EEXIST: "something that is not a folder is in the way: move it away or choose "
+                  "another --output",
     errno.EISDIR: "a folder stands where a file is needed: move it away or pass a file",
     errno.ENOENT: "check the path",
     errno.ENAMETOOLONG: "use a shorter path",
