@@ -253,3 +253,128 @@ def test_torch_variant_on_gpu_matches_cpu(rng: np.random.Generator) -> None:
     assert_matches_oracle(gpu.cpu().numpy(), x.numpy(), 256)
     decoded = mu_law_decode_torch(gpu)
     np.testing.assert_array_equal(decoded.cpu().numpy(), mu_law_decode(gpu.cpu().numpy()))
+
+
+# ---------------------------------------------------------------- the fused kernel vs. the numpy
+# encoder as it was before the kernel (commit cacb11d), copied here verbatim as the oracle: the
+# kernel must give the same codes bit for bit, boundary cases included.
+
+def numpy_encoder_before_kernel(audio: np.ndarray, channels: int = 256) -> np.ndarray:
+    """`mu_law_encode` of commit cacb11d (float32 numpy passes over 32K blocks)."""
+    from features.audio import _encode_constants, _work_dtype
+
+    mu = channels - 1
+    x = np.asarray(audio)
+    dtype = code_dtype(channels)
+    flat_x = x.reshape(-1)
+    out = np.empty(x.shape, dtype=dtype)
+    flat_out = out.reshape(-1)
+    inv, scale, offset = _encode_constants(mu)
+    fix = dtype.type(np.iinfo(dtype).max - mu)
+    n = flat_x.size
+    block = BLOCK
+    scratch = np.empty(min(block, max(n, 1)), dtype=_work_dtype(mu))
+    negative = np.empty(scratch.size, dtype=dtype)
+    for start in range(0, n, block):
+        xb = flat_x[start : start + block]
+        a, m, codes = scratch[: xb.size], negative[: xb.size], flat_out[start : start + block]
+        np.abs(xb, out=a)
+        if not a.max() <= 1.0:
+            np.fmin(a, 1.0, out=a)
+        np.add(a, inv, out=a)
+        np.log2(a, out=a)
+        np.multiply(a, scale, out=a)
+        np.add(a, offset, out=a)
+        np.copyto(codes, a, casting="unsafe")
+        if dtype == np.uint8:
+            np.less(xb, 0, out=m.view(np.bool_))
+            np.negative(m, out=m)
+        else:
+            np.negative(np.less(xb, 0), dtype=dtype, out=m)
+        np.bitwise_xor(codes, m, out=codes)
+        if fix:
+            np.bitwise_and(m, fix, out=m)
+            np.subtract(codes, m, out=codes)
+    return out
+
+
+EDGES = np.array([0.0, -0.0, 1.0, -1.0, 1.5, -1.5, np.inf, -np.inf, np.nan, -np.nan, 1e-45,
+                  -1e-45, 1.1754944e-38, -1.1754944e-38, 0.5, -0.5, 1 / 255, -1 / 255,
+                  np.nextafter(np.float32(1), np.float32(0)), 3e38, -3e38], dtype=np.float32)
+
+
+def boundary_neighbours(channels: int) -> np.ndarray:
+    """Every code boundary of the kernel's table and the floats one and two ulps either side."""
+    from features.audio import code_boundaries
+
+    bounds = code_boundaries(channels).astype(np.int64)
+    one = int(np.float32(1.0).view(np.uint32))
+    near = np.clip(bounds[:, None] + np.arange(-2, 3)[None, :], 0, one).reshape(-1)
+    x = np.unique(near).astype(np.uint32).view(np.float32)
+    return np.concatenate([x, -x])
+
+
+@pytest.mark.parametrize("channels", [2, 3, 16, 100, 255, 256, 257, 1000, 1024])
+def test_kernel_matches_the_numpy_encoder_bit_for_bit(rng: np.random.Generator,
+                                                      channels: int) -> None:
+    x = np.concatenate([
+        EDGES,
+        boundary_neighbours(channels),
+        rng.uniform(-1.2, 1.2, 200_000).astype(np.float32),
+        (rng.uniform(-1, 1, 50_000) * 10.0 ** rng.uniform(-40, 0, 50_000)).astype(np.float32),
+    ])
+    want = numpy_encoder_before_kernel(x, channels)
+    got = mu_law_encode(x, channels)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("channels", [256, 1000])
+def test_kernel_matches_on_float64_input(rng: np.random.Generator, channels: int) -> None:
+    """float64 is rounded to float32 for |x| but its sign is read in float64 (tiny negatives)."""
+    x = np.concatenate([
+        EDGES.astype(np.float64), [-1e-50, 1e-50, -1e-300, -5e-324, 5e-324, 1e300, -1e300],
+        boundary_neighbours(channels).astype(np.float64),
+        rng.uniform(-1.2, 1.2, 100_000) * 10.0 ** rng.uniform(-60, 0, 100_000),
+    ])
+    with np.errstate(over="ignore"):
+        want = numpy_encoder_before_kernel(x, channels)
+        got = mu_law_encode(x, channels)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_kernel_on_strided_and_shaped_input(rng: np.random.Generator) -> None:
+    x = rng.uniform(-1, 1, (64, 300)).astype(np.float32)
+    np.testing.assert_array_equal(mu_law_encode(x[:, ::3]), numpy_encoder_before_kernel(x[:, ::3]))
+    np.testing.assert_array_equal(mu_law_encode(x.T), numpy_encoder_before_kernel(x.T))
+    big_endian = x.astype(">f4")  # not native: the numpy path
+    np.testing.assert_array_equal(mu_law_encode(big_endian), numpy_encoder_before_kernel(x))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.longdouble])
+def test_other_float_dtypes_take_the_numpy_path(rng: np.random.Generator, dtype: type) -> None:
+    x = rng.uniform(-1, 1, 5000).astype(dtype)
+    np.testing.assert_array_equal(mu_law_encode(x), numpy_encoder_before_kernel(x))
+
+
+def test_code_boundaries_bracket_each_code() -> None:
+    """Boundary k is the smallest float32 the encoder maps to code >= k (one ulp below: < k)."""
+    from features.audio import code_boundaries
+
+    bounds = code_boundaries(256)
+    assert bounds.shape == (255,) and np.all(np.diff(bounds.astype(np.int64)) >= 0)
+    at = bounds.view(np.float32)
+    below = np.maximum(bounds.astype(np.int64) - 1, 0).astype(np.uint32).view(np.float32)
+    k = np.arange(1, 256)
+    assert np.all(numpy_encoder_before_kernel(at) >= k)
+    positive = bounds > 0
+    assert np.all(numpy_encoder_before_kernel(below)[positive] < k[positive])
+
+
+@pytest.mark.slow
+def test_kernel_matches_on_every_positive_float32_below_one_in_a_slice() -> None:
+    """A dense sweep: every float32 in [2^-9, 2^-7] (where codes change fastest), both signs."""
+    lo, hi = (int(np.float32(v).view(np.uint32)) for v in (2.0**-9, 2.0**-7))
+    x = np.arange(lo, hi, dtype=np.uint32).view(np.float32)
+    np.testing.assert_array_equal(mu_law_encode(x), numpy_encoder_before_kernel(x))
+    np.testing.assert_array_equal(mu_law_encode(-x), numpy_encoder_before_kernel(-x))
