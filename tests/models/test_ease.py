@@ -22,10 +22,13 @@ def random_binary(rng: np.random.Generator, users: int = 60, items: int = 25) ->
     return (rng.random((users, items)) < 0.25).astype(np.float64)
 
 
+@pytest.mark.parametrize("solver", ["primal", "dual", "auto"])
+@pytest.mark.parametrize("shape", [(60, 25), (15, 40)])  # more users than items, and fewer
 @pytest.mark.parametrize("reg", [0.5, 10.0, 500.0])
-def test_weights_equal_numpy_closed_form(rng: np.random.Generator, reg: float) -> None:
-    x = random_binary(rng)
-    model = Ease(EaseConfig(reg=reg, dtype="float64")).fit(sp.csr_matrix(x))
+def test_weights_equal_numpy_closed_form(rng: np.random.Generator, reg: float,
+                                         shape: tuple[int, int], solver: str) -> None:
+    x = random_binary(rng, *shape)
+    model = Ease(EaseConfig(reg=reg, dtype="float64", solver=solver)).fit(sp.csr_matrix(x))
     assert model.weights is not None
     np.testing.assert_allclose(model.weights, oracle_b(x, reg), rtol=1e-10, atol=1e-12)
     assert np.all(np.diag(model.weights) == 0.0)
