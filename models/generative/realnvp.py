@@ -11,6 +11,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
 from models.generative.training import (
+    Quality,
     TrainConfig,
     evaluate_in_batches,
     load_module_state,
@@ -212,6 +213,9 @@ class RealNVPTrainer:
         self.model = RealNVP(config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.noise = torch.Generator().manual_seed(config.seed + 1)
+        self.quality = (Quality("val_nll", "min", "validation NLL, nats per point")
+                        if config.dataset == "moons" else
+                        Quality("val_bpd", "min", "validation bits per dimension"))
 
     def _nll(self, batch: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         if self.config.dataset == "moons":

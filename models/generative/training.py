@@ -8,8 +8,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -19,6 +20,38 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 RESUME_IGNORES = frozenset({"epochs", "log_every", "n_samples"})
+
+Batch = Tensor | tuple[Tensor, Tensor]
+"""What a trainer steps on: a tensor of examples, or (images, labels) for a conditional model."""
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The per-epoch metric a model is judged by (a key of the epoch row), and which way is up."""
+
+    metric: str
+    mode: Literal["min", "max"]
+    description: str
+
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether `value` beats `best` (None: nothing yet; NaN never wins)."""
+        if math.isnan(value):
+            return False
+        if best is None:
+            return True
+        return value < best if self.mode == "min" else value > best
+
+
+def size_of(data: Batch) -> int:
+    """Number of examples in a tensor or an (images, labels) pair."""
+    return len(data if isinstance(data, Tensor) else data[0])
+
+
+def take(data: Batch, idx: Tensor) -> Batch:
+    """Rows `idx` of a tensor or of both members of an (images, labels) pair."""
+    if isinstance(data, Tensor):
+        return data[idx.to(data.device)]
+    return (data[0][idx.to(data[0].device)], data[1][idx.to(data[1].device)])
 
 
 class TrainConfig(BaseModel):
@@ -63,16 +96,17 @@ class GenerativeTrainer(Protocol):
     """What the fit loop needs from a model: one step, an evaluation, samples and its state."""
 
     config: TrainConfig
+    quality: Quality
 
-    def train_step(self, batch: Tensor) -> dict[str, float]:
+    def train_step(self, batch: Any) -> dict[str, float]:
         """One optimiser step on `batch`; returns scalar metrics including `loss`."""
         ...
 
-    def evaluate(self, data: Tensor) -> dict[str, float]:
+    def evaluate(self, data: Any) -> dict[str, float]:
         """Metrics on held-out `data` (no gradients), averaged per example."""
         ...
 
-    def diagnostics(self, batch: Tensor) -> dict[str, float]:
+    def diagnostics(self, batch: Any) -> dict[str, float]:
         """Extra scalars logged every `log_every` steps (may be empty)."""
         ...
 
@@ -91,22 +125,29 @@ class GenerativeTrainer(Protocol):
 
 @dataclass
 class FitState:
-    """Where training stands: completed epochs, optimiser steps and the metric rows so far."""
+    """Where training stands: completed epochs, optimiser steps, metric rows, the best epoch."""
 
     epoch: int = 0
     step: int = 0
     epoch_rows: list[dict[str, float]] = field(default_factory=list)
     step_rows: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    """Epoch (1-based) with the best quality metric so far; 0 = none yet."""
+    best_value: float | None = None
+    """That epoch's quality metric."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, so a checkpoint loads with `weights_only=True`."""
         return {"epoch": self.epoch, "step": self.step, "epoch_rows": self.epoch_rows,
-                "step_rows": self.step_rows}
+                "step_rows": self.step_rows, "best_epoch": self.best_epoch,
+                "best_value": self.best_value}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FitState:
-        """Inverse of `to_dict`."""
-        return cls(int(d["epoch"]), int(d["step"]), list(d["epoch_rows"]), list(d["step_rows"]))
+        """Inverse of `to_dict` (checkpoints from before best tracking load with no best)."""
+        best = d.get("best_value")
+        return cls(int(d["epoch"]), int(d["step"]), list(d["epoch_rows"]), list(d["step_rows"]),
+                   int(d.get("best_epoch", 0)), None if best is None else float(best))
 
 
 def module_state(modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
@@ -152,64 +193,85 @@ def evaluate_in_batches(fn: Callable[[Tensor], dict[str, float]], data: Tensor,
     return {k: v / len(data) for k, v in totals.items()}
 
 
-def train_steps(trainer: GenerativeTrainer, batch: Tensor, steps: int) -> list[float]:
+def train_steps(trainer: GenerativeTrainer, batch: Batch, steps: int) -> list[float]:
     """Run `steps` optimiser steps on one fixed batch and return the losses (overfit checks)."""
     return [trainer.train_step(batch)["loss"] for _ in range(steps)]
 
 
-def fit(trainer: GenerativeTrainer, train: Tensor, val: Tensor, *,
+def fit(trainer: GenerativeTrainer, train: Batch, val: Batch, *,
         state: FitState | None = None,
-        on_epoch_end: Callable[[FitState], None] | None = None,
+        on_epoch_end: Callable[[FitState, bool], None] | None = None,
         show_progress: bool = False, label: str = "train") -> FitState:
     """Train for `trainer.config.epochs` epochs, resuming after `state.epoch` if given.
 
-    `train` and `val` already sit on the trainer's device. Each epoch's shuffle comes from a
-    generator seeded by (seed, epoch), so a resumed run sees the same batches as an unbroken
-    one. After every epoch the validation metrics are computed, a row is appended to
-    `state.epoch_rows`, a log line is written and `on_epoch_end(state)` is called (the pipeline
-    writes the resume checkpoint there).
+    `train` and `val` (tensors, or (images, labels) pairs) already sit on the trainer's
+    device. Each epoch's shuffle comes from a generator seeded by (seed, epoch), so a resumed
+    run sees the same batches as an unbroken one. After every epoch the validation metrics
+    (the model's quality metric among them) are computed, a row is appended to
+    `state.epoch_rows`, the best epoch is updated, a log line is written and
+    `on_epoch_end(state, is_best)` is called (the pipeline writes its checkpoints there).
+    One progress bar covers the whole run, with its ETA; log lines print above it.
     """
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     cfg = trainer.config
+    quality = trainer.quality
     state = state or FitState()
     if state.epoch >= cfg.epochs:
         log.info("%s: already trained %d/%d epochs, nothing to do", label, state.epoch, cfg.epochs)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    for epoch in range(state.epoch, cfg.epochs):
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        sums: dict[str, float] = {}
-        seen = 0
-        started = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not show_progress, leave=False, unit="step")
-        for idx in batches(len(train), cfg.batch_size, generator):
-            batch = train[idx.to(train.device)]
-            metrics = trainer.train_step(batch)
-            state.step += 1
-            seen += len(batch)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch)
-            if state.step % cfg.log_every == 0:
-                row = {"step": float(state.step), "epoch": float(epoch + 1), **metrics,
-                       **trainer.diagnostics(batch)}
-                state.step_rows.append(row)
-                log.info("%s step %d: %s", label, state.step, _fmt(row, skip=("step", "epoch")))
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4g}")
-        bar.close()
-        train_s = time.perf_counter() - started
-        val_metrics = trainer.evaluate(val)
-        state.epoch = epoch + 1
-        row = {"epoch": float(state.epoch), "step": float(state.step),
-               **{f"train_{k}": v / seen for k, v in sums.items()},
-               **{f"val_{k}": v for k, v in val_metrics.items()},
-               "train_seconds": train_s, "examples_per_s": seen / max(train_s, 1e-9)}
-        state.epoch_rows.append(row)
-        log.info("%s epoch %d/%d: %s", label, state.epoch, cfg.epochs,
-                 _fmt(row, skip=("epoch", "step")))
-        if on_epoch_end is not None:
-            on_epoch_end(state)
+    n_train = size_of(train)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    bar = tqdm(total=steps_per_epoch * cfg.epochs, initial=steps_per_epoch * min(state.epoch,
+               cfg.epochs), desc=label, disable=not show_progress, unit="step", dynamic_ncols=True)
+    # Console handlers (the root's, and any on our own loggers) print above the bar, not into it.
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in ("models", "pipelines")
+                                       if logging.getLogger(n).handlers]
+    redirect = logging_redirect_tqdm(loggers=loggers) if show_progress else nullcontext()
+    with bar, redirect:
+        for epoch in range(state.epoch, cfg.epochs):
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            sums: dict[str, float] = {}
+            seen = 0
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for idx in batches(n_train, cfg.batch_size, generator):
+                batch = take(train, idx)
+                metrics = trainer.train_step(batch)
+                state.step += 1
+                seen += len(idx)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+                if state.step % cfg.log_every == 0:
+                    row = {"step": float(state.step), "epoch": float(epoch + 1), **metrics,
+                           **trainer.diagnostics(batch)}
+                    state.step_rows.append(row)
+                    log.info("%s step %d: %s", label, state.step,
+                             _fmt(row, skip=("step", "epoch")))
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{metrics['loss']:.4g}")
+            train_s = time.perf_counter() - started
+            cpu_s = time.process_time() - cpu_started
+            val_metrics = trainer.evaluate(val)
+            state.epoch = epoch + 1
+            row = {"epoch": float(state.epoch), "step": float(state.step),
+                   **{f"train_{k}": v / seen for k, v in sums.items()},
+                   **{f"val_{k}": v for k, v in val_metrics.items()},
+                   "train_seconds": train_s, "train_cpu_seconds": cpu_s,
+                   "examples_per_s": seen / max(train_s, 1e-9)}
+            value = row.get(quality.metric, math.nan)
+            is_best = quality.better(value, state.best_value)
+            if is_best:
+                state.best_epoch, state.best_value = state.epoch, value
+            state.epoch_rows.append(row)
+            log.info("%s epoch %d/%d: %s=%.4g (best %.4g at epoch %d) %s", label, state.epoch,
+                     cfg.epochs, quality.metric, value,
+                     math.nan if state.best_value is None else state.best_value,
+                     state.best_epoch, _fmt(row, skip=("epoch", "step", quality.metric)))
+            if show_progress:
+                bar.set_postfix(epoch=f"{state.epoch}/{cfg.epochs}",
+                                **{quality.metric: f"{value:.4g}"})
+            if on_epoch_end is not None:
+                on_epoch_end(state, is_best)
     return state
 
 

@@ -11,6 +11,7 @@ from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from models.generative.training import (
+    Quality,
     TrainConfig,
     evaluate_in_batches,
     load_module_state,
@@ -81,6 +82,8 @@ def vae_loss(logits: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> dict[str,
 
 class VAETrainer:
     """A VAE with its Adam optimiser: one step, evaluation, samples, reconstructions, state."""
+
+    quality = Quality("val_loss", "min", "validation negative ELBO, nats per image")
 
     def __init__(self, config: VAEConfig, device: torch.device | str = "cpu") -> None:
         self.config = config

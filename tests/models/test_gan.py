@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from features.mnist import load_mnist
+from models.generative.classifier import CONFIDENCE, load_judge
 from models.generative.gan import (
     Discriminator,
     GANConfig,
@@ -18,19 +19,30 @@ from models.generative.gan import (
     generator_loss,
     load_gan,
     to_unit,
+    translate,
+    upsample2,
 )
 from models.generative.training import FitState, checkpoint_payload
 from models.torch_utils import save_checkpoint, set_threads
 from tests.conftest import cuda_devices
 
 set_threads(1)
-TINY = GANConfig(latent_size=8, width=8, batch_size=32, learning_rate=2e-3)
+# The classic unconditional GAN for the loss and gradient checks; CONDITIONAL is the default.
+TINY = GANConfig(latent_size=8, width=8, batch_size=32, learning_rate=2e-3, conditional=False,
+                 augment=False, label_smoothing=0.0, quality_samples=50)
+CONDITIONAL = TINY.model_copy(update={"conditional": True, "augment": True,
+                                     "label_smoothing": 0.1})
 
 
 def real_digits(n: int = 32) -> torch.Tensor:
     """The first `n` shipped MNIST digits as (n, 1, 28, 28) grey levels in [0, 1]."""
     images, _ = load_mnist()
     return torch.from_numpy(images[:n]).float().div(255).unsqueeze(1)
+
+
+def real_labels(n: int = 32) -> torch.Tensor:
+    """Their labels (n,)."""
+    return torch.from_numpy(load_mnist()[1][:n])
 
 
 def test_shapes_and_ranges() -> None:
@@ -154,3 +166,78 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 def test_config_rejects_unknown_loss() -> None:
     with pytest.raises(ValueError, match="generator_loss"):
         GANConfig(generator_loss="wasserstein")  # type: ignore[arg-type]
+
+
+def test_defaults_are_the_conditional_spectral_norm_recipe() -> None:
+    cfg = GANConfig()
+    assert cfg.conditional and cfg.spectral_norm and cfg.augment and cfg.ema_decay > 0
+    assert (cfg.learning_rate, cfg.beta1, cfg.generator_loss) == (2e-4, 0.5, "non_saturating")
+    d = Discriminator(cfg)
+    assert all(hasattr(m, "parametrizations") for m in d.body if isinstance(m, torch.nn.Conv2d))
+
+
+def test_conditional_players_need_and_use_labels() -> None:
+    torch.manual_seed(0)
+    g, d = Generator(CONDITIONAL), Discriminator(CONDITIONAL)
+    z = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="labels"):
+        g(z)
+    a, b = g(z, torch.tensor([0, 1, 2, 3])), g(z, torch.tensor([4, 5, 6, 7]))
+    assert a.shape == (4, 1, 28, 28) and not torch.allclose(a, b)  # the label changes the image
+    assert not torch.allclose(d(a, torch.tensor([0, 1, 2, 3])), d(a, torch.tensor([9, 9, 9, 9])))
+    trainer = GANTrainer(CONDITIONAL)
+    with pytest.raises(ValueError, match="labels"):
+        trainer.train_step(real_digits(8))
+    out = trainer.train_step((real_digits(8), real_labels(8)))
+    assert set(out) == {"loss", "loss_d", "d_accuracy"}
+    images, labels = trainer.sample_labelled(12)
+    assert images.shape == (12, 1, 28, 28) and labels is not None
+    assert labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_label_smoothing_lowers_the_real_target() -> None:
+    real, fake = torch.tensor([3.0, -1.0]), torch.tensor([0.5])
+    d = torch.sigmoid(real)
+    expected = -(0.9 * torch.log(d) + 0.1 * torch.log(1 - d)).mean() - torch.log(
+        1 - torch.sigmoid(fake)).mean()
+    assert torch.allclose(discriminator_loss(real, fake, 0.1), expected)
+
+
+def test_upsample2_matches_nearest_upsampling() -> None:
+    x = torch.randn(2, 3, 5, 7)
+    assert torch.equal(upsample2(x), torch.nn.Upsample(scale_factor=2)(x))
+
+
+def test_translate_shifts_each_image_and_passes_gradients() -> None:
+    torch.manual_seed(0)
+    x = torch.zeros(16, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    x.requires_grad_(True)
+    y = translate(x, max_shift=2)
+    assert y.shape == x.shape
+    assert torch.allclose(y.detach().sum((1, 2, 3)), torch.full((16,), 64.0))  # shifted, kept
+    assert not torch.equal(y.detach(), x.detach())
+    y.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_sample_quality_scores_real_digits_high_and_noise_low() -> None:
+    judge = load_judge()
+    digits, labels = real_digits(200), real_labels(200)
+    real = judge.score(digits, labels)
+    assert real["confident_share"] > 0.9 and real["label_agreement"] > 0.95
+    noise = judge.score(torch.rand(200, 1, 28, 28))
+    assert noise["confident_share"] < real["confident_share"]
+    assert noise["feature_distance"] > 10 * real["feature_distance"]
+    out = GANTrainer(CONDITIONAL).sample_quality(50)
+    assert set(out) == {"confident_share", "mean_confidence", "feature_distance",
+                        "label_agreement"}
+    assert 0 <= out["confident_share"] <= 1 and CONFIDENCE == 0.9
+
+
+def test_evaluate_reports_the_quality_metric() -> None:
+    torch.manual_seed(0)
+    trainer = GANTrainer(CONDITIONAL)
+    out = trainer.evaluate((real_digits(16), real_labels(16)))
+    assert {"loss", "loss_d", "d_accuracy", "confident_share", "feature_distance"} <= set(out)
+    assert trainer.quality.metric == "val_confident_share" and trainer.quality.mode == "max"
