@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from pipelines.audio import (
     AudioConfig,
@@ -19,7 +27,10 @@ from pipelines.audio import (
     publish_run,
     render_figures,
 )
-from pipelines.store import RunFolder
+from pipelines.store import RunFolder, new_run_id
+
+ARTIFACT_IMAGE_SIDE = 900
+"""Images embedded in markdown artifacts are scaled to at most this many pixels per side."""
 
 # No retries: every step reads or writes local files, where a retry meets the same error.
 # No caching: inputs include open run folders, and a re-run must re-read the audio.
@@ -33,10 +44,16 @@ def list_files(source: Path | None) -> list[CatalogueEntry]:
 
 @task(name="encode-audio-files", cache_policy=NO_CACHE)
 def encode_files(
-    entries: list[CatalogueEntry], config: AudioConfig, run: RunFolder
+    entries: list[CatalogueEntry], config: AudioConfig, run: RunFolder, progress: bool = True
 ) -> EncodeResult:
     """Decode, mix, resample, normalise and encode each file; reject the unusable ones."""
-    return encode_catalogue(entries, config, run)
+    artifact = create_progress_artifact(0.0, key="audio-encode-progress",
+                                        description=f"Files encoded in {run.run_id}")
+
+    def on_file(done: int, total: int) -> None:
+        update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+
+    return encode_catalogue(entries, config, run, progress=progress, on_file=on_file)
 
 
 @task(name="draw-audio-figures", cache_policy=NO_CACHE)
@@ -53,6 +70,30 @@ def publish(
     return publish_run(run, result, config, source)
 
 
+def markdown_image(path: Path, alt: str, max_side: int = ARTIFACT_IMAGE_SIDE) -> str:
+    """A markdown image with the PNG inlined as a base64 data URI, at most `max_side` px a side.
+
+    The Prefect UI loads neither relative paths nor file:// links, so the bytes go in the
+    artifact itself.
+    """
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        if max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", optimize=True)
+            data = buffer.getvalue()
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode('ascii')})"
+
+
+def run_name() -> str:
+    """The flow run's name: its `run_id` parameter, or a fresh run id the flow then adopts."""
+    given = flow_run.parameters.get("run_id")
+    return str(given) if given else new_run_id()
+
+
 def _report(published: AudioRunResult) -> None:
     """A table artifact with one row per file, and a markdown one pointing at the figures."""
     rows = [{
@@ -66,7 +107,7 @@ def _report(published: AudioRunResult) -> None:
     } for r in published.rejected.to_pylist()]
     create_table_artifact(rows, key="audio-catalogue-files",
                           description=f"Per-file results of {published.run_dir.name}")
-    images = "\n".join(f"![{p.stem}]({p.as_uri()})  \n`{p}`" for p in published.figures)
+    images = "\n\n".join(f"{markdown_image(p, p.stem)}  \n`{p}`" for p in published.figures)
     create_markdown_artifact(
         f"# Audio catalogue {published.run_dir.name}\n\n"
         f"{published.n_encoded} encoded, {published.n_rejected} rejected; tables in "
@@ -75,23 +116,26 @@ def _report(published: AudioRunResult) -> None:
     )
 
 
-@flow(name="audio-catalogue")
+@flow(name="audio-catalogue", flow_run_name=run_name)
 def audio_catalogue(
     source: Path | None = None,
     config: AudioConfig | None = None,
     output: Path = Path("."),
     run_id: str | None = None,
+    progress: bool = True,
 ) -> AudioRunResult:
     """Turn a folder or catalogue CSV of audio into mu-law code tables under runs/<run_id>/audio/.
 
     Files that cannot be encoded land in the `rejected` table and the others go on; the caller
-    decides what an all-rejected run means (the CLI exits 1).
+    decides what an all-rejected run means (the CLI exits 1). The flow run is named after the
+    run id; `progress` shows a bar over the files in the terminal.
     """
     config = config or AudioConfig()
     logger = get_run_logger()
+    run_id = run_id or flow_run.name or new_run_id()  # the flow run is named after the run id
     entries = list_files(source)
     with open_run(output, run_id) as run:
-        result = encode_files(entries, config, run)
+        result = encode_files(entries, config, run, progress)
         draw_figures(result, config, run)
         published = publish(run, result, config, source)
     _report(published)

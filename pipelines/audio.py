@@ -8,7 +8,7 @@ import io
 import logging
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -510,18 +510,41 @@ def open_run(root: Path, run_id: str | None = None, *, wait_s: float = 0.0) -> I
             raise
 
 
+FileCallback = Callable[[int, int], None]
+"""Called after each file as (files done, files in all), e.g. to update a progress artifact."""
+
+
+@contextlib.contextmanager
+def _file_bar(entries: Sequence[CatalogueEntry], enabled: bool) -> Iterator[Any]:
+    """A tqdm bar over the files (log lines print above it), or the plain entries."""
+    if not enabled:
+        yield entries
+        return
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(), tqdm(entries, desc="audio encode", unit="file",
+                                       dynamic_ncols=True) as bar:
+        yield bar
+
+
 def encode_catalogue(
-    entries: Sequence[CatalogueEntry], config: AudioConfig, run: RunFolder
+    entries: Sequence[CatalogueEntry], config: AudioConfig, run: RunFolder, *,
+    progress: bool = False, on_file: FileCallback | None = None,
 ) -> EncodeResult:
     """Encode every entry, streaming codes into `audio/codes.parquet`, one row group per file.
 
-    A file that cannot be encoded becomes a `Rejection` and the others go on.
+    A file that cannot be encoded becomes a `Rejection` and the others go on. `progress`
+    shows a tqdm bar over the files; `on_file(done, total)` is called after each one.
     """
     result = EncodeResult()
     seen: set[Path] = set()
     with atomic_path(run.path(TOPIC, "codes.parquet")) as tmp, \
-            pq.ParquetWriter(tmp, codes_schema(config.channels), compression="zstd") as writer:
-        for entry in entries:
+            pq.ParquetWriter(tmp, codes_schema(config.channels), compression="zstd") as writer, \
+            _file_bar(entries, progress) as bar:
+        for done, entry in enumerate(bar, start=1):
+            if on_file is not None and done > 1:
+                on_file(done - 1, len(entries))
             try:
                 key = entry.path.resolve()
                 if key in seen:
@@ -543,6 +566,8 @@ def encode_catalogue(
             result.encode_s += encode_s
             log.info("encoded %s: %d samples at %d Hz, peak %.3f, SNR %.1f dB", entry.file,
                      facts.samples, facts.target_rate, facts.peak, facts.snr_db)
+    if on_file is not None:
+        on_file(len(entries), len(entries))
     run.write_table("catalogue", catalogue_table(result.encoded), subdir=TOPIC)
     run.write_table("rejected", rejected_table(result.rejected), subdir=TOPIC)
     return result
@@ -584,7 +609,7 @@ def publish_run(
         "files": sorted(p.relative_to(run.staging).as_posix() for p in folder.iterdir()
                         if not p.name.startswith(".")),
     }
-    final = run.publish(manifest, update_latest=False)
+    final = run.publish(manifest, update_latest=False).absolute()  # copyable from anywhere
     audio_dir = final / TOPIC
     return AudioRunResult(
         run_dir=final,
@@ -599,12 +624,17 @@ def run_audio_catalogue(
     config: AudioConfig | None = None,
     root: Path = Path("."),
     run_id: str | None = None,
+    *,
+    progress: bool = False,
 ) -> AudioRunResult:
-    """The whole job without Prefect: list, encode, draw, publish under root/runs/<id>/audio/."""
+    """The whole job without Prefect: list, encode, draw, publish under root/runs/<id>/audio/.
+
+    `progress` shows a tqdm bar over the files.
+    """
     config = config or AudioConfig()
     entries = load_catalogue(source)
     with open_run(root, run_id) as run:
-        result = encode_catalogue(entries, config, run)
+        result = encode_catalogue(entries, config, run, progress=progress)
         render_figures(result, config, run)
         return publish_run(run, result, config, source)
 

@@ -107,3 +107,55 @@ def test_flow_encodes_the_shipped_clips(prefect_harness: None, tmp_path: Path) -
 
     rows = asyncio.run(artifact_rows())
     assert len(rows) == 4 and {r["status"] for r in rows} == {"encoded"}
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_default_relative_output_publishes_names_the_run_and_embeds_figures(
+        prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`recsys audio encode` with its default output "." (relative) no longer fails after writing.
+
+    The figures used to become file:// links (which raised on a relative path); now they are
+    inlined as data URIs, which the Prefect UI renders.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterName,
+    )
+
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["encode", "--run-id", "relative-1", "--target-rate", "8000"])
+    assert result.exit_code == 0, result.output
+    assert "4 encoded, 0 rejected" in result.output
+    published = tmp_path / "runs" / "relative-1" / "audio"
+    assert str(published) in result.output  # an absolute, copyable path
+    assert (published / "codes.parquet").is_file() and (published / "waveform.png").is_file()
+
+    async def read() -> tuple[list[str], list[str]]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=["relative-1"])))
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["audio-catalogue-figures"])))
+        return [r.name for r in runs], [str(a.data) for a in found]
+
+    names, pages = asyncio.run(read())
+    assert names == ["relative-1"]
+    page = next(p for p in pages if "relative-1" in p)
+    assert page.count("](data:image/png;base64,") == 2 and "file://" not in page
+
+
+@pytest.mark.flow
+def test_flow_without_run_id_adopts_its_flow_run_name(prefect_harness: None,
+                                                      tmp_path: Path) -> None:
+    from flows.audio import audio_catalogue
+
+    result = audio_catalogue(output=tmp_path, config=AudioConfig(figures=False,
+                                                                 target_rate=8000))
+    assert result.run_dir.parent == tmp_path / "runs"
+    assert (result.run_dir / "audio" / "codes.parquet").is_file()
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["run_id"] == result.run_dir.name

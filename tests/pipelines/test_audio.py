@@ -20,8 +20,10 @@ from pipelines.audio import (
     FileRejected,
     chunk_table,
     codes_schema,
+    encode_catalogue,
     load_catalogue,
     load_mono,
+    open_run,
     run_audio_catalogue,
     scan_folder,
 )
@@ -251,3 +253,26 @@ def test_full_shared_audio_set(shared_data: Path, tmp_path: Path) -> None:
         assert abs(r["samples"] - r["duration_s"] * 16_000) <= 2
     decoded = mu_law_decode(np.array([0, 255], dtype=np.uint8))
     assert decoded.tolist() == [-1.0, 1.0]
+
+
+def test_progress_bar_and_per_file_callback(bad_catalogue: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    entries = load_catalogue(bad_catalogue)
+    calls: list[tuple[int, int]] = []
+    with open_run(tmp_path / "out") as run:
+        result = encode_catalogue(entries, FAST, run, progress=True,
+                                  on_file=lambda done, total: calls.append((done, total)))
+    n = len(entries)
+    assert calls == [(k, n) for k in range(1, n + 1)]  # once per file, rejected ones included
+    assert len(result.encoded) + len(result.rejected) == n
+    err = capsys.readouterr().err
+    assert "audio encode" in err and f"{n}/{n}" in err  # the tqdm bar, on stderr
+
+
+def test_relative_root_gives_absolute_result_paths(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    sf.write(tmp_path / "a.wav", tone(440, 0.2), RATE)
+    monkeypatch.chdir(tmp_path)
+    result = run_audio_catalogue(Path("."), FAST, root=Path("out"), run_id="rel")
+    assert result.run_dir == tmp_path / "out" / "runs" / "rel" and result.run_dir.is_absolute()
+    assert all(p.is_absolute() for p in result.figures)
