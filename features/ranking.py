@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
@@ -17,26 +18,52 @@ def _df(table: pa.Table) -> pl.DataFrame:
     return df
 
 
-def candidate_features(
-    candidates: pa.Table, history: pa.Table, items: pa.Table, item_neighbours: pa.Table,
-    user_factors: pa.Table, item_factors: pa.Table, *, recent_days: float = 30.0,
-) -> pl.DataFrame:
-    """One row per candidate with every feature, keyed by (user_id, item_id).
+@dataclass(frozen=True)
+class HistoryStats:
+    """Item-level statistics of one whole history, computed once and shared by every shard."""
 
-    Features: each source's score and rank (null = not proposed), n_sources; item popularity
-    all-time and in the recent window (and both as shares); item mean weight (mean rating where
-    ratings exist); days since the item's first and last interaction; user activity, mean weight
-    and days since the user's last interaction; the user's affinity to the item's author (share
-    of the user's history by that author) and whether the author is unknown; the ALS dot product
-    for every candidate; item-neighbourhood support (how many of the user's items have the
-    candidate among their Pearson neighbours, and the sum of those weights).
-    """
-    cand = _df(candidates)
+    item_stats: pl.DataFrame  # one row per item: popularity, mean weight, age
+    authors: pl.DataFrame  # (item_id, author_id)
+    item_neighbours: pl.DataFrame  # (_src, item_id, _w): the item-neighbour lists
+    has_ts: bool
+    t_max: object  # latest time stamp of the history (None without time stamps)
+    recent_days: float
+    item_code: pl.DataFrame  # (item_id, _code) dense codes of the history's items
+    event_keys: np.ndarray  # sorted item_code * 2^36 + epoch second, one per interaction
+    user_factors: FactorIndex
+    item_factors: FactorIndex
+
+
+@dataclass(frozen=True)
+class FactorIndex:
+    """A factors table as a dense matrix with an id -> row lookup frame."""
+
+    key: str
+    index: pl.DataFrame  # (key, _row)
+    matrix: np.ndarray  # (rows, f) float32
+
+    @classmethod
+    def of(cls, table: pa.Table, key: str) -> FactorIndex:
+        """Index a published factors table (id, factors list)."""
+        flat = table.column("factors").combine_chunks().flatten().to_numpy()
+        mat = flat.reshape(table.num_rows, -1) if table.num_rows else np.zeros((0, 1), np.float32)
+        index = pl.DataFrame({key: table.column(key).to_pylist(),
+                              "_row": np.arange(table.num_rows)},
+                             schema={key: pl.String, "_row": pl.Int64})
+        return cls(key, index, mat)
+
+
+SHIFT = np.int64(1) << 36  # > any epoch second here; event keys = item code * SHIFT + time
+
+
+def history_stats(history: pa.Table, items: pa.Table, item_neighbours: pa.Table,
+                  user_factors: pa.Table, item_factors: pa.Table, *, recent_days: float = 30.0
+                  ) -> HistoryStats:
+    """Everything item-level the features need from a history, so shards never rescan it."""
     hist = _df(history.select([USER_ID, ITEM_ID, WEIGHT, TS]))
     has_ts = hist[TS].null_count() < hist.height
     t_max = hist[TS].max() if has_ts else None
     n_users = max(hist[USER_ID].n_unique(), 1)
-
     item_stats = hist.group_by(ITEM_ID).agg(
         pl.len().cast(pl.Float64).alias("item_pop"),
         pl.col(WEIGHT).mean().alias("item_mean_weight"),
@@ -49,20 +76,54 @@ def candidate_features(
                 "item_days_since_last"),
         ] if has_ts else [pl.len().cast(pl.Float64).alias("item_pop_recent")]),
     ).with_columns((pl.col("item_pop") / n_users).alias("item_pop_share"))
+    inb = _df(item_neighbours.select([ITEM_ID, NEIGHBOUR_ID, WEIGHT])).rename(
+        {ITEM_ID: "_src", NEIGHBOUR_ID: ITEM_ID, WEIGHT: "_w"})
+    codes = pl.concat([hist[ITEM_ID], _df(items.select([ITEM_ID]))[ITEM_ID]]).unique().sort()
+    item_code = pl.DataFrame({ITEM_ID: codes, "_code": np.arange(len(codes), dtype=np.int64)})
+    keys = np.zeros(0, np.int64)
+    if has_ts:
+        ev = hist.select(ITEM_ID, pl.col(TS).dt.epoch("s").alias("_t")).join(item_code,
+                                                                               on=ITEM_ID)
+        keys = np.sort(ev["_code"].to_numpy() * SHIFT + ev["_t"].to_numpy())
+    return HistoryStats(
+        item_stats, _df(items.select([ITEM_ID, AUTHOR_ID])), inb, has_ts, t_max, recent_days,
+        item_code, keys, FactorIndex.of(user_factors, USER_ID),
+        FactorIndex.of(item_factors, ITEM_ID))
+
+
+def candidate_features(candidates: pa.Table, user_history: pa.Table, stats: HistoryStats
+                       ) -> pl.DataFrame:
+    """One row per candidate with every feature, keyed by (user_id, item_id).
+
+    `user_history` holds (at least) the interactions of the candidates' users; item-level
+    figures come from `stats` over the whole history, so a shard of users gives the same rows
+    as the whole table. Features: each source's score and rank (null = not proposed),
+    n_sources; item popularity all-time and in the recent window (and both as shares); item
+    mean weight (mean rating where ratings exist); days since the item's first and last
+    interaction; user activity, mean weight and days since the user's last interaction; the
+    user's affinity to the item's author (share of the user's history by that author) and
+    whether the author is unknown; the ALS dot product for every candidate; item-neighbourhood
+    support (how many of the user's items have the candidate among their Pearson neighbours,
+    and the sum of those weights).
+    """
+    cand = _df(candidates)
+    hist = _df(user_history.select([USER_ID, ITEM_ID, WEIGHT, TS])).join(
+        cand.select(USER_ID).unique(), on=USER_ID, how="semi")
+    t_max = stats.t_max
     user_stats = hist.group_by(USER_ID).agg(
         pl.len().cast(pl.Float64).alias("user_activity"),
         pl.col(WEIGHT).mean().alias("user_mean_weight"),
         *([((pl.lit(t_max) - pl.col(TS).max()).dt.total_seconds() / 86400).alias(
-            "user_days_since_last")] if has_ts else []),
+            "user_days_since_last")] if stats.has_ts else []),
     )
-    authors = _df(items.select([ITEM_ID, AUTHOR_ID]))
+    authors = stats.authors
     user_author = hist.join(authors, on=ITEM_ID, how="left").group_by([USER_ID, AUTHOR_ID]).agg(
         pl.len().cast(pl.Float64).alias("_author_n"))
     feats = (
-        cand.join(item_stats, on=ITEM_ID, how="left")
-        .join(user_stats, on=USER_ID, how="left")
-        .join(authors, on=ITEM_ID, how="left")
-        .join(user_author, on=[USER_ID, AUTHOR_ID], how="left")
+        cand.join(stats.item_stats, on=ITEM_ID, how="left", maintain_order="left")
+        .join(user_stats, on=USER_ID, how="left", maintain_order="left")
+        .join(authors, on=ITEM_ID, how="left", maintain_order="left")
+        .join(user_author, on=[USER_ID, AUTHOR_ID], how="left", maintain_order="left")
         .with_columns(
             (pl.col("_author_n").fill_null(0) / pl.col("user_activity")).alias("author_affinity"),
             pl.col(AUTHOR_ID).str.starts_with("item:").cast(pl.Int8).alias("author_unknown"),
@@ -71,24 +132,24 @@ def candidate_features(
         .drop(["_author_n", AUTHOR_ID])
     )
     # Item-neighbourhood support: join the user's items with their neighbour lists.
-    inb = _df(item_neighbours.select([ITEM_ID, NEIGHBOUR_ID, WEIGHT])).rename(
-        {ITEM_ID: "_src", NEIGHBOUR_ID: ITEM_ID, WEIGHT: "_w"})
     support = (
         hist.select([USER_ID, pl.col(ITEM_ID).alias("_src")])
-        .join(inb, on="_src", how="inner")
+        .join(stats.item_neighbours, on="_src", how="inner")
         .join(cand.select([USER_ID, ITEM_ID]), on=[USER_ID, ITEM_ID], how="semi")
         .group_by([USER_ID, ITEM_ID])
         .agg(pl.len().cast(pl.Float64).alias("inb_support"), pl.col("_w").sum().alias("inb_sum"))
     )
-    feats = feats.join(support, on=[USER_ID, ITEM_ID], how="left").with_columns(
-        pl.col("inb_support").fill_null(0.0), pl.col("inb_sum").fill_null(0.0))
-    feats = feats.with_columns(pl.Series("als_dot", als_dot(feats, user_factors, item_factors)))
-    if has_ts:
-        feats = feats.with_columns(**popularity_at_user_time(feats, hist, recent_days))
+    feats = feats.join(support, on=[USER_ID, ITEM_ID], how="left", maintain_order="left"
+                       ).with_columns(pl.col("inb_support").fill_null(0.0),
+                                      pl.col("inb_sum").fill_null(0.0))
+    feats = feats.with_columns(pl.Series("als_dot", als_dot(feats, stats.user_factors,
+                                                            stats.item_factors)))
+    if stats.has_ts:
+        feats = feats.with_columns(**popularity_at_user_time(feats, hist, stats))
     return feats
 
 
-def popularity_at_user_time(pairs: pl.DataFrame, hist: pl.DataFrame, recent_days: float
+def popularity_at_user_time(pairs: pl.DataFrame, hist: pl.DataFrame, stats: HistoryStats
                             ) -> dict[str, pl.Series]:
     """Item popularity as of each user's own last activity, not the data's end.
 
@@ -97,22 +158,19 @@ def popularity_at_user_time(pairs: pl.DataFrame, hist: pl.DataFrame, recent_days
     the `recent_days` before t_u, and the item's age at t_u in days. One sorted array of
     (item, time) keys and two binary searches per row; no per-user loops.
     """
-    items = pl.concat([hist[ITEM_ID], pairs[ITEM_ID]]).unique().sort()
-    code = pl.DataFrame({ITEM_ID: items, "_code": np.arange(len(items), dtype=np.int64)})
-    ev = hist.select(ITEM_ID, pl.col(TS).dt.epoch("s").alias("_t")).join(code, on=ITEM_ID)
-    shift = np.int64(1) << 36  # > any epoch second here; keys = item * shift + time
-    keys = np.sort(ev["_code"].to_numpy() * shift + ev["_t"].to_numpy())
+    keys, shift = stats.event_keys, SHIFT
     last = hist.group_by(USER_ID).agg(pl.col(TS).max().dt.epoch("s").alias("_tu"))
     rows = pairs.select(USER_ID, ITEM_ID).join(last, on=USER_ID, how="left", maintain_order="left"
-                                              ).join(code, on=ITEM_ID, how="left",
+                                              ).join(stats.item_code, on=ITEM_ID, how="left",
                                                      maintain_order="left")
-    base = rows["_code"].to_numpy() * shift
+    base = rows["_code"].fill_null(-1).to_numpy() * shift
     t_u = rows["_tu"].to_numpy()
     first = np.searchsorted(keys, base, side="left")  # first event of the item
     upto = np.searchsorted(keys, base + t_u, side="right")
-    since = np.maximum(first, np.searchsorted(keys, base + t_u - int(recent_days * 86400)))
+    since = np.maximum(first, np.searchsorted(keys, base + t_u - int(stats.recent_days * 86400)))
     end = np.searchsorted(keys, base + shift, side="left")
-    first_t = np.where(end > first, keys[np.minimum(first, len(keys) - 1)] - base, t_u)
+    first_t = np.where(end > first, keys[np.minimum(first, max(len(keys) - 1, 0))] - base, t_u
+                       ) if len(keys) else t_u
     return {
         "item_pop_at_user_time": pl.Series((upto - first).astype(np.float64)),
         "item_pop_recent_at_user_time": pl.Series((upto - since).astype(np.float64)),
@@ -120,27 +178,24 @@ def popularity_at_user_time(pairs: pl.DataFrame, hist: pl.DataFrame, recent_days
     }
 
 
-def als_dot(pairs: pl.DataFrame, user_factors: pa.Table, item_factors: pa.Table) -> np.ndarray:
+def als_dot(pairs: pl.DataFrame, users: FactorIndex, items: FactorIndex) -> np.ndarray:
     """<p_u, q_i> for every (user_id, item_id) row of `pairs`; NaN where a factor is missing."""
-    def lookup(table: pa.Table, key: str, ids: pl.Series
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        index = pl.DataFrame({key: table.column(key).to_pylist(), "_row": np.arange(
-            table.num_rows)})
-        rows = pl.DataFrame({key: ids}).join(index, on=key, how="left")["_row"]
-        flat = table.column("factors").combine_chunks().flatten().to_numpy()
-        mat = flat.reshape(table.num_rows, -1) if table.num_rows else np.zeros((0, 1))
+    def lookup(index: FactorIndex, ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        rows = pl.DataFrame({index.key: ids}).join(index.index, on=index.key, how="left",
+                                                   maintain_order="left")["_row"]
         ok = rows.is_not_null().to_numpy()
-        return mat, np.where(ok, rows.fill_null(0).to_numpy(), 0), ok
+        return np.where(ok, rows.fill_null(0).to_numpy(), 0), ok
 
-    umat, urow, uok = lookup(user_factors, USER_ID, pairs[USER_ID])
-    imat, irow, iok = lookup(item_factors, ITEM_ID, pairs[ITEM_ID])
-    if not len(umat) or not len(imat):
+    urow, uok = lookup(users, pairs[USER_ID])
+    irow, iok = lookup(items, pairs[ITEM_ID])
+    if not len(users.matrix) or not len(items.matrix):
         return np.full(pairs.height, np.nan)
     dots = np.empty(pairs.height, dtype=np.float64)
     step = 200_000  # bounds the (step, factors) gathers
     for start in range(0, pairs.height, step):
         sl = slice(start, start + step)
-        dots[sl] = np.einsum("ij,ij->i", umat[urow[sl]], imat[irow[sl]])
+        dots[sl] = np.einsum("ij,ij->i", users.matrix[urow[sl]].astype(np.float64),
+                             items.matrix[irow[sl]].astype(np.float64))
     return np.where(uok & iok, dots, np.nan)
 
 

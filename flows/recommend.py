@@ -1,86 +1,137 @@
-"""The `nightly-recommendations` Prefect flow: one task per stage, thin over pipelines.nightly."""
+"""The `nightly-recommendations` Prefect flow: one task per planned stage, with real edges."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipelines import nightly
-from pipelines.nightly import RunConfig, RunResult, Stage, StageReport
+from features.errors import RecsysError
+from pipelines.recommend.config import RunConfig
+from pipelines.recommend.runner import RunResult, StageReport, execute, run_with
+from pipelines.recommend.stages import Plan, plan
 from pipelines.store import RunFolder
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5, tags=["cpu", "io"])
-def ingest_task(run: RunFolder, cfg: RunConfig) -> StageReport:
-    """Read and validate the source files into interactions, items and rejected (retried: I/O)."""
-    return nightly.execute(nightly.INGEST, run, cfg)
+def transient_io(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only operating-system I/O faults, never the product's own data or config errors."""
+    try:
+        state.result()
+    except RecsysError:
+        return False
+    except OSError:
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is a bug: do not retry it
+        return False
+    return False
 
 
-@task(name="stage", tags=["cpu"])
-def stage_task(stage: Stage, run: RunFolder, cfg: RunConfig) -> StageReport:
-    """Run one pure stage over the run folder's tables."""
-    return nightly.execute(stage, run, cfg)
+@task(name="stage", cache_policy=NO_CACHE, tags=["cpu"])
+def stage_task(name: str, staging: Path, cfg: RunConfig, evaluate_only: bool = False
+               ) -> StageReport:
+    """Run one stage of the nightly plan over the run's staging folder (or reuse its cache)."""
+    p = plan(cfg, evaluate_only=evaluate_only)
+    return execute(p, p.stage(name), staging, cfg)
 
 
-def _call(stage: Stage, run: RunFolder, cfg: RunConfig) -> StageReport:
-    if stage is nightly.INGEST:
-        return ingest_task(run, cfg)
-    return stage_task.with_options(name=stage.name)(stage, run, cfg)
-
-
-def _parallel(stages: list[Stage], run: RunFolder, cfg: RunConfig) -> list[StageReport]:
-    futures = [stage_task.with_options(name=s.name).submit(s, run, cfg) for s in stages]
-    return [f.result() for f in futures]
+def _submit_all(p: Plan, run: RunFolder, cfg: RunConfig, evaluate_only: bool
+                ) -> list[StageReport]:
+    """Submit every stage with its upstream stages as `wait_for`, so the UI shows the graph."""
+    futures: dict[str, PrefectFuture[StageReport]] = {}
+    progress = create_progress_artifact(progress=0.0, key="nightly-progress",
+                                        description=f"Stages of run {run.run_id} done")
+    for s in p.stages:
+        options: dict[str, Any] = {"name": s.name, "task_run_name": s.name,
+                                   "timeout_seconds": s.timeout_s}
+        if s.kind == "ingest":
+            options |= {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": transient_io,
+                        "tags": ["cpu", "io"]}
+        futures[s.name] = stage_task.with_options(**options).submit(
+            s.name, run.staging, cfg, evaluate_only,
+            wait_for=[futures[u.name] for u in p.upstream(s)])
+    reports = []
+    for n, s in enumerate(p.stages, start=1):
+        reports.append(futures[s.name].result())
+        update_progress_artifact(progress, progress=100.0 * n / len(p.stages))
+    return reports
 
 
 def publish_artifacts(result: RunResult) -> None:
-    """Stage table (rows and seconds) and a link to the published folder, for the Prefect UI."""
-    rows = [{"stage": r.stage, "seconds": r.seconds,
-             "rows": ", ".join(f"{k}={v}" for k, v in r.rows.items())} for r in result.reports]
+    """Stage table, evaluation, ingest report and where the run is, for the Prefect UI."""
+    tables = sorted({t for r in result.reports for t in r.rows})
+    rows = [{"stage": r.stage, "seconds": r.seconds, "cached": r.cached,
+             **{t: r.rows.get(t, "") for t in tables}} for r in result.reports]
     create_table_artifact(key="nightly-stages", table=rows,
                           description=f"Stages of run {result.run_id}")
     evaluation = result.path / "evaluation.parquet"
-    if evaluation.exists():
+    if evaluation.exists() and pq.read_metadata(evaluation).num_rows:
         metrics = pq.read_table(evaluation).to_pylist()
         create_table_artifact(
             key="offline-evaluation",
             table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                    for r in metrics],
             description="NDCG@10, Recall@20, coverage and author diversity per approach")
-    create_markdown_artifact(
-        key="nightly-output",
-        markdown=(f"# Run {result.run_id}\n\nPublished to `{result.path}` "
-                  f"([folder]({result.path.resolve().as_uri()})).\n\n"
-                  f"Recommendations: {result.manifest['rows'].get('recommendations', 0)} rows; "
-                  f"rejected input rows: {result.manifest.get('rejected_rows', 0)}.\n"),
-        description="Where tonight's recommendations are")
+    m = result.manifest
+    ingest = m.get("ingest") or {}
+    ev = m.get("evaluation") or {}
+    lines = [f"# Run {result.run_id}", "", "Published to:", "", "```", str(result.path.resolve()),
+             "```", "",
+             f"Recommendations: {m['rows'].get('recommendations', 0):,} rows, scored by "
+             f"**{m.get('scored_by')}**; rejected input rows: {m.get('rejected_rows', 0):,}.", ""]
+    if ev.get("status") == "skipped":
+        lines += [f"Offline evaluation skipped: {ev.get('reason')}", ""]
+    if ingest:
+        lines += ["## Ingest", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(ingest.items())]
+    create_markdown_artifact(key="nightly-output", markdown="\n".join(lines) + "\n",
+                             description="Where tonight's recommendations are")
 
 
-@flow(name="nightly-recommendations", log_prints=True)
-def nightly_recommendations(config_path: Path | None = None, run_id: str | None = None,
-                            config: RunConfig | None = None) -> dict[str, object]:
-    """Raw interactions -> neighbourhoods + ALS -> candidates -> ranking -> diversity -> Parquet."""
-    cfg = config or (RunConfig.from_toml(config_path) if config_path else RunConfig())
-    result = nightly.run_with(
-        cfg, run_id,
-        lambda stage, run: _call(stage, run, cfg),
-        lambda stages, run: _parallel(stages, run, cfg),
-    )
-    publish_artifacts(result)
+def _summary(result: RunResult) -> dict[str, object]:
     return {"run_id": result.run_id, "path": str(result.path),
             "stages": [r.__dict__ for r in result.reports]}
 
 
-@flow(name="offline-evaluation", log_prints=True)
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.parameters.get("run_id") or "nightly-{date}".format(
+        date=flow_run.scheduled_start_time.strftime("%Y%m%dT%H%M%SZ")))
+
+
+@flow(name="nightly-recommendations", log_prints=True, flow_run_name=_run_name,
+      task_runner=ThreadPoolTaskRunner(max_workers=2))
+def nightly_recommendations(config_path: Path | None = None, run_id: str | None = None,
+                            config: RunConfig | None = None) -> dict[str, object]:
+    """Raw interactions -> neighbourhoods + ALS per cut-off -> candidates -> rank -> diversity.
+
+    config_path: a TOML config (default: the embedded data and built-in settings).
+    run_id: the published folder's name under runs/ (default: a time-stamped id).
+    """
+    cfg = config or (RunConfig.from_toml(config_path) if config_path else RunConfig())
+    result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, False))
+    publish_artifacts(result)
+    return _summary(result)
+
+
+@flow(name="offline-evaluation", log_prints=True, flow_run_name=_run_name,
+      task_runner=ThreadPoolTaskRunner(max_workers=2))
 def offline_evaluation(config: RunConfig | None = None, run_id: str | None = None
                        ) -> dict[str, object]:
     """Ingest, then compare every approach under the fixed hold-out protocol."""
     cfg = config or RunConfig()
-    result = nightly.run_with(cfg, run_id, lambda stage, run: _call(stage, run, cfg),
-                              evaluate_only=True)
+    result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, True),
+                      evaluate_only=True)
     publish_artifacts(result)
-    return {"run_id": result.run_id, "path": str(result.path),
-            "stages": [r.__dict__ for r in result.reports]}
+    return _summary(result)

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from features.columns import AUTHOR_ID, ITEM_ID, N_SOURCES, NEIGHBOUR_ID, TS, USER_ID, WEIGHT
 from features.matrix import InteractionMatrix, build_matrix
 from features.vocab import IdVocab
-from models.neighbours import top_k_indices
 
 SOURCES = ("user_pearson", "item_pearson", "als", "popular", "author")
 
@@ -38,12 +37,13 @@ class CandidatesConfig(BaseModel):
     """'Popular now' counts interactions in this many days before the data's latest time stamp;
     all time when the data has no time stamps."""
     block_elements: int = Field(4_000_000, ge=1)
-    """Users per block = block_elements // n_items; bounds the dense score slabs."""
+    """Work per block: the ALS block holds block_elements // n_items users' dense scores, the
+    sparse sources take users until their proposals before top-N reach this many entries."""
 
 
 @dataclass(frozen=True)
 class Context:
-    """Dense-index view of the interactions shared by every source."""
+    """Dense-index view of one history and the source models, shared by every shard."""
 
     m: InteractionMatrix
     binary: sp.csr_matrix  # (n_users, n_items) 1.0 where the user has the item
@@ -52,12 +52,27 @@ class Context:
     item_author: sp.csr_matrix  # (n_items, n_authors) one-hot
     order: np.ndarray  # (n_items,) columns sorted by popularity desc, then id asc
     position: np.ndarray  # inverse of order: rank of each item in that tie order
+    user_nbrs: sp.csr_matrix  # (n_users, n_users) 1.0 per kept neighbour
+    item_nbrs: sp.csr_matrix  # (n_items, n_items) Pearson weight per kept neighbour
+    user_factors: np.ndarray  # (n_users, f) float32, zeros where a user has no factors
+    item_factors: np.ndarray  # (n_items, f) float32
+    affinity: sp.csr_matrix  # (n_users, n_authors) share of the user's history by author
+    popular_pool: np.ndarray  # items with recent > 0, in score-then-tie order
+
+    @property
+    def n_users(self) -> int:
+        """Users in this history."""
+        return int(self.m.weights.shape[0])
 
 
-def build_context(interactions: pa.Table, items: pa.Table, config: CandidatesConfig) -> Context:
-    """Matrix, popularity counts and the item -> author map."""
+def build_context(
+    interactions: pa.Table, items: pa.Table, user_neighbours: pa.Table, item_neighbours: pa.Table,
+    user_factors: pa.Table, item_factors: pa.Table, config: CandidatesConfig,
+) -> Context:
+    """Matrix, popularity counts, the item -> author map and the sources' models, built once."""
     m = build_matrix(interactions)
     n_items = len(m.items)
+    binary = m.binary
     popularity = np.diff(m.weights.tocsc().indptr).astype(np.float64)
     ts = interactions.column(TS)
     if ts.null_count < len(ts):
@@ -79,131 +94,250 @@ def build_context(interactions: pa.Table, items: pa.Table, config: CandidatesCon
     order = np.lexsort((np.arange(n_items), -popularity))
     position = np.empty(n_items, dtype=np.int64)
     position[order] = np.arange(n_items)
-    return Context(m, m.binary, popularity, recent, item_author, order, position)
+    unbrs = neighbour_matrix(user_neighbours, USER_ID, m.users)
+    unbrs.data = np.ones_like(unbrs.data)
+    counts = np.diff(m.weights.indptr).astype(np.float64)
+    affinity = (sp.diags(1.0 / np.maximum(counts, 1)) @ (binary @ item_author)).tocsr()
+    pool = np.flatnonzero(recent > 0)
+    pool = pool[np.lexsort((position[pool], -recent[pool]))]
+    return Context(
+        m, binary, popularity, recent, item_author, order, position, unbrs,
+        neighbour_matrix(item_neighbours, ITEM_ID, m.items),
+        factors_array(user_factors, USER_ID, m.users),
+        factors_array(item_factors, ITEM_ID, m.items), affinity, pool)
 
 
 def neighbour_matrix(table: pa.Table, key: str, vocab: IdVocab) -> sp.csr_matrix:
     """A published neighbours table (id, neighbour_id, weight) as a sparse square matrix."""
-    rows = vocab.index(table.column(key))
-    cols = vocab.index(table.column(NEIGHBOUR_ID))
+    rows = vocab.index(table.column(key), strict=False)
+    cols = vocab.index(table.column(NEIGHBOUR_ID), strict=False)
+    ok = (rows >= 0) & (cols >= 0)
     w = table.column(WEIGHT).to_numpy()
-    return sp.csr_matrix((w, (rows, cols)), shape=(len(vocab), len(vocab)))
+    mat = sp.csr_matrix((w[ok], (rows[ok], cols[ok])), shape=(len(vocab), len(vocab)))
+    mat.sort_indices()
+    return mat
 
 
 def factors_array(table: pa.Table, key: str, vocab: IdVocab) -> np.ndarray:
     """A published factors table (id, factors list) as a dense array in vocabulary order."""
-    idx = vocab.index(table.column(key))
+    idx = vocab.index(table.column(key), strict=False)
     flat = pc.list_flatten(table.column("factors")).to_numpy()
     dim = len(flat) // max(table.num_rows, 1)
     out = np.zeros((len(vocab), dim), dtype=np.float32)
-    out[idx] = flat.reshape(table.num_rows, dim)
+    ok = idx >= 0
+    out[idx[ok]] = flat.reshape(table.num_rows, dim)[ok]
     return out
 
 
-def _top_n(scores: np.ndarray, n: int, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
-    """Top-n columns per row of a (b, n_items) block, -inf meaning 'not proposed'.
+def user_shards(n_users: int, shard_users: int) -> list[slice]:
+    """Consecutive dense-index ranges of at most `shard_users` users (at least one shard)."""
+    step = max(1, shard_users)
+    return [slice(s, min(s + step, n_users)) for s in range(0, max(n_users, 1), step)]
 
-    Ties go to the more popular item, then the lower id: columns are permuted into that tie
-    order so `top_k_indices` (ties to the lower index) does the rest. Returns (cols, ranks):
-    (b, n) item indices and 1-based ranks, with rank 0 where fewer than n were proposed.
+
+@dataclass(frozen=True)
+class Proposals:
+    """One source's proposals for a range of users, in COO form (rows local to the range)."""
+
+    rows: np.ndarray  # (m,) int64
+    cols: np.ndarray  # (m,) int64 item index
+    scores: np.ndarray  # (m,) float64
+    ranks: np.ndarray  # (m,) int32, 1-based within the user's list
+
+
+def _cost_blocks(cost: np.ndarray, budget: int) -> Iterator[slice]:
+    """Consecutive ranges of users whose summed cost stays near `budget` (>= 1 user each)."""
+    if not len(cost):
+        return
+    block = ((np.cumsum(cost) - cost) // max(budget, 1)).astype(np.int64)
+    edges = np.r_[0, np.flatnonzero(np.diff(block)) + 1, len(cost)]
+    for start, stop in zip(edges[:-1], edges[1:], strict=True):
+        yield slice(int(start), int(stop))
+
+
+def _top_n(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n: int, ctx: Context
+           ) -> Proposals:
+    """Keep each row's n best finite entries: score desc, then popularity desc, then id asc."""
+    ok = np.isfinite(scores)
+    rows, cols, scores = rows[ok], cols[ok], scores[ok]
+    order = np.lexsort((ctx.position[cols], -scores, rows))
+    rows, cols, scores = rows[order], cols[order], scores[order]
+    if not len(rows):
+        return Proposals(rows, cols, scores, np.zeros(0, np.int32))
+    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+    rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)])) + 1
+    keep = rank <= n
+    return Proposals(rows[keep], cols[keep], scores[keep], rank[keep].astype(np.int32))
+
+
+def _unseen(rows: np.ndarray, cols: np.ndarray, seen: np.ndarray, n_items: int) -> np.ndarray:
+    """Mask of (row, col) pairs not in the sorted `seen` keys (row * n_items + col)."""
+    keys = rows * n_items + cols
+    pos = np.minimum(np.searchsorted(seen, keys), max(len(seen) - 1, 0))
+    return ~((len(seen) > 0) & (seen[pos] == keys)) if len(seen) else np.ones(len(keys), bool)
+
+
+def _coo(mat: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = np.repeat(np.arange(mat.shape[0], dtype=np.int64), np.diff(mat.indptr))
+    return rows, mat.indices.astype(np.int64), mat.data.astype(np.float64)
+
+
+def _user_pearson(users: slice, ctx: Context) -> tuple[np.ndarray, ...]:
+    """p_i = |{v in U(u) : v rated i}| / |U(u)|, for the items some neighbour rated."""
+    a = ctx.user_nbrs[users]
+    size = np.diff(a.indptr).astype(np.float64)  # |U(u)|
+    rows, cols, counts = _coo((a @ ctx.binary).tocsr())
+    keep = counts > 0
+    return rows[keep], cols[keep], counts[keep] / size[rows[keep]]
+
+
+def _item_pearson(users: slice, ctx: Context) -> tuple[np.ndarray, ...]:
+    """p_j = max over the user's items i0 of w_{i0 j}."""
+    hist = ctx.m.weights[users]
+    owner = np.repeat(np.arange(hist.shape[0], dtype=np.int64), np.diff(hist.indptr))
+    expanded = ctx.item_nbrs[hist.indices]  # rows = the user's items i0, cols = neighbours j
+    rows = np.repeat(owner, np.diff(expanded.indptr))
+    cols = expanded.indices.astype(np.int64)
+    w = expanded.data.astype(np.float64)
+    keys = rows * ctx.m.weights.shape[1] + cols
+    order = np.lexsort((-w, keys))
+    first = np.r_[True, np.diff(keys[order]) != 0] if len(keys) else np.zeros(0, bool)
+    pick = order[first]
+    return rows[pick], cols[pick], w[pick]
+
+
+def _author(users: slice, ctx: Context) -> tuple[np.ndarray, ...]:
+    """Items by the user's authors, scored by that author's share of the history."""
+    rows, cols, s = _coo((ctx.affinity[users] @ ctx.item_author.T).tocsr())
+    keep = s > 0
+    return rows[keep], cols[keep], s[keep]
+
+
+def _sparse_source(name: str, users: slice, ctx: Context, n: int, budget: int
+                   ) -> list[Proposals]:
+    """A sparse source in blocks of users whose raw proposals fit the budget, then top-n."""
+    n_items = ctx.m.weights.shape[1]
+    hist_len = np.diff(ctx.binary.indptr).astype(np.float64)
+    if name == "user_pearson":
+        cost = ctx.user_nbrs[users] @ hist_len
+        fn = _user_pearson
+    elif name == "item_pearson":
+        cost = ctx.binary[users] @ np.diff(ctx.item_nbrs.indptr).astype(np.float64)
+        fn = _item_pearson
+    else:
+        author_size = np.asarray(ctx.item_author.sum(axis=0)).ravel()
+        a = ctx.affinity[users].copy()
+        a.data = np.ones_like(a.data)
+        cost = a @ author_size
+        fn = _author
+    out = []
+    for blk in _cost_blocks(np.asarray(cost).ravel(), budget):
+        sub = slice(users.start + blk.start, users.start + blk.stop)
+        rows, cols, scores = fn(sub, ctx)
+        seen_rows, seen_cols, _ = _coo(ctx.binary[sub])
+        ok = _unseen(rows, cols, seen_rows * n_items + seen_cols, n_items)
+        p = _top_n(rows[ok], cols[ok], scores[ok], n, ctx)
+        out.append(Proposals(p.rows + blk.start, p.cols, p.scores, p.ranks))
+    return out
+
+
+def _als(users: slice, ctx: Context, n: int, budget: int) -> list[Proposals]:
+    """Top-n by <p_u, q_i> over unseen items, dense only within a block of users."""
+    n_items = ctx.m.weights.shape[1]
+    step = max(1, budget // max(n_items, 1))
+    out = []
+    for start in range(users.start, users.stop, step):
+        sub = slice(start, min(start + step, users.stop))
+        scores = np.array(ctx.user_factors[sub] @ ctx.item_factors.T, dtype=np.float64)
+        seen = ctx.binary[sub]
+        scores[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
+        k = min(n, n_items)
+        # BLAS sums in a block-shape-dependent order, so select everything within a small
+        # slack of each row's n-th value, then rescore exactly (float64, fixed order per pair)
+        # so that the scores and the cut do not depend on how users are grouped.
+        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+        slack = np.where(np.isfinite(kth), 1e-4 * (np.abs(kth) + 1.0), 0.0)
+        rows, cols = np.nonzero((scores >= kth - slack) & np.isfinite(scores))
+        exact = np.einsum("ij,ij->i", ctx.user_factors[sub][rows].astype(np.float64),
+                          ctx.item_factors[cols].astype(np.float64))
+        p = _top_n(rows.astype(np.int64), cols.astype(np.int64), exact, n, ctx)
+        out.append(Proposals(p.rows + (start - users.start), p.cols, p.scores, p.ranks))
+    return out
+
+
+def _popular(users: slice, ctx: Context, n: int) -> list[Proposals]:
+    """The most recent-popular items each user has not seen (the same pool for everyone)."""
+    seen = ctx.binary[users]
+    b = seen.shape[0]
+    longest = int(np.diff(seen.indptr).max()) if b else 0
+    pool = ctx.popular_pool[: n + longest]  # enough to leave n unseen for every user
+    if not len(pool) or not b:
+        return []
+    taken = (seen[:, pool].toarray() > 0)  # (b, |pool|)
+    rank = np.cumsum(~taken, axis=1)
+    keep = ~taken & (rank <= n)
+    rows, idx = np.nonzero(keep)
+    cols = pool[idx].astype(np.int64)
+    return [Proposals(rows.astype(np.int64), cols, ctx.recent[cols], rank[rows, idx]
+                      .astype(np.int32))]
+
+
+def generate_shard(ctx: Context, users: slice, config: CandidatesConfig) -> pa.Table:
+    """The candidates of one range of users: per (user, unseen item), each source's score/rank.
+
+    Work and memory grow with the proposals kept, not with users x catalogue: the sparse
+    sources never densify, ALS is dense only within one block of users.
     """
-    permuted = scores[:, ctx.order]
-    pick = top_k_indices(permuted, n)  # (b, n) positions in tie order
-    vals = np.take_along_axis(permuted, pick, axis=1)
-    order = np.lexsort((pick, -vals), axis=1)
-    pick = np.take_along_axis(pick, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1)
-    ranks = np.where(np.isfinite(vals), np.arange(1, pick.shape[1] + 1), 0)
-    return ctx.order[pick], ranks
-
-
-def _blocks(n_users: int, n_items: int, block_elements: int) -> Iterator[slice]:
-    step = max(1, block_elements // max(n_items, 1))
-    for start in range(0, n_users, step):
-        yield slice(start, min(start + step, n_users))
-
-
-def _user_pearson(blk: slice, nbrs: sp.csr_matrix, ctx: Context) -> np.ndarray:
-    """p_i = |{v in U(u) : v rated i}| / |U(u)| for the block's users: (b, n_items)."""
-    a = nbrs[blk].copy()
-    a.data = np.ones_like(a.data)
-    size = np.asarray(a.sum(axis=1)).ravel()  # |U(u)|
-    counts = (a @ ctx.binary).toarray()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = counts / size[:, None]
-    return np.where(counts > 0, p, -np.inf)
-
-
-def _item_pearson(blk: slice, nbrs: sp.csr_matrix, ctx: Context) -> np.ndarray:
-    """p_i = max over the user's items i0 of w_{i0 i}, over items with w > alpha: (b, n_items)."""
-    hist = ctx.m.weights[blk]
-    b = hist.shape[0]
-    users = np.repeat(np.arange(b), np.diff(hist.indptr))  # one entry per (u, i0)
-    expanded = nbrs[hist.indices]  # rows = the user's items i0, cols = neighbours j
-    counts = np.diff(expanded.indptr)
-    out = np.full((b, ctx.m.weights.shape[1]), -np.inf)
-    np.maximum.at(out, (np.repeat(users, counts), expanded.indices), expanded.data)
-    return out
+    n_items = ctx.m.weights.shape[1]
+    b = users.stop - users.start
+    per_source: dict[str, list[Proposals]] = {}
+    for name in SOURCES:
+        n = getattr(config, name)
+        if n == 0 or b == 0 or n_items == 0:
+            per_source[name] = []
+        elif name == "als":
+            per_source[name] = _als(users, ctx, n, config.block_elements)
+        elif name == "popular":
+            per_source[name] = _popular(users, ctx, n)
+        else:
+            per_source[name] = _sparse_source(name, users, ctx, n, config.block_elements)
+    keys = [p.rows * n_items + p.cols for ps in per_source.values() for p in ps]
+    if not keys or not sum(len(k) for k in keys):
+        return CANDIDATES_SCHEMA.empty_table()
+    uniq = np.unique(np.concatenate(keys))  # sorted by (user, item index)
+    n_rows = len(uniq)
+    columns: dict[str, pa.Array] = {
+        USER_ID: ctx.m.users.take(uniq // n_items + users.start),
+        ITEM_ID: ctx.m.items.take(uniq % n_items),
+    }
+    n_src = np.zeros(n_rows, dtype=np.int8)
+    for name in SOURCES:
+        score = np.full(n_rows, np.nan)
+        rank = np.zeros(n_rows, dtype=np.int32)
+        hit = np.zeros(n_rows, dtype=bool)
+        for p in per_source[name]:
+            at = np.searchsorted(uniq, p.rows * n_items + p.cols)
+            score[at], rank[at], hit[at] = p.scores, p.ranks, True
+        n_src += hit
+        columns[f"{name}_score"] = pa.array(score, mask=~hit)
+        columns[f"{name}_rank"] = pa.array(rank, mask=~hit)
+    columns[N_SOURCES] = pa.array(n_src)
+    return pa.table(columns).cast(CANDIDATES_SCHEMA)
 
 
 def generate(
     interactions: pa.Table, items: pa.Table, user_neighbours: pa.Table, item_neighbours: pa.Table,
     user_factors: pa.Table, item_factors: pa.Table, config: CandidatesConfig,
+    shard_users: int = 10_000,
 ) -> pa.Table:
     """The candidates table: per (user, unseen item), each source's score and rank.
 
     Columns: user_id, item_id, then `<source>_score` / `<source>_rank` (null when that source
     did not propose the item) for every source, and n_sources. Rows are ordered by user, item.
     """
-    ctx = build_context(interactions, items, config)
-    m = ctx.m
-    n_users, n_items = m.weights.shape
-    unbrs = neighbour_matrix(user_neighbours, USER_ID, m.users)
-    inbrs = neighbour_matrix(item_neighbours, ITEM_ID, m.items)
-    uf = factors_array(user_factors, USER_ID, m.users)
-    itf = factors_array(item_factors, ITEM_ID, m.items)
-    # Share of the user's history by each author, then spread back onto that author's items.
-    counts = np.diff(m.weights.indptr).astype(np.float64)
-    affinity = sp.diags(1.0 / np.maximum(counts, 1)) @ (ctx.binary @ ctx.item_author)
-    author_scores = (affinity @ ctx.item_author.T).tocsr()
-    sizes = {s: getattr(config, s) for s in SOURCES}
-    parts: list[pa.Table] = []
-    for blk in _blocks(n_users, n_items, config.block_elements):
-        seen = ctx.binary[blk].toarray() > 0  # (b, n_items); excluded from every source
-        raw = {
-            "user_pearson": lambda b=blk: _user_pearson(b, unbrs, ctx),
-            "item_pearson": lambda b=blk: _item_pearson(b, inbrs, ctx),
-            "als": lambda b=blk: uf[b] @ itf.T,
-            "popular": lambda b=blk: np.broadcast_to(
-                np.where(ctx.recent > 0, ctx.recent, -np.inf), (b.stop - b.start, n_items)),
-            "author": lambda b=blk: np.where(
-                author_scores[b].toarray() > 0, author_scores[b].toarray(), -np.inf),
-        }
-        b = blk.stop - blk.start
-        score = np.full((len(SOURCES), b, n_items), np.nan)
-        rank = np.zeros((len(SOURCES), b, n_items), dtype=np.int32)
-        for s, name in enumerate(SOURCES):
-            if sizes[name] == 0:
-                continue
-            block_scores = np.array(raw[name](), dtype=np.float64)
-            block_scores[seen] = -np.inf
-            cols, ranks = _top_n(block_scores, sizes[name], ctx)
-            rows = np.broadcast_to(np.arange(b)[:, None], cols.shape)
-            ok = ranks > 0
-            score[s, rows[ok], cols[ok]] = block_scores[rows[ok], cols[ok]]
-            rank[s, rows[ok], cols[ok]] = ranks[ok]
-        proposed = rank > 0  # (S, b, n_items)
-        any_rows, any_cols = np.nonzero(proposed.any(axis=0))
-        columns: dict[str, pa.Array] = {
-            USER_ID: m.users.take(any_rows + blk.start),
-            ITEM_ID: m.items.take(any_cols),
-        }
-        for s, name in enumerate(SOURCES):
-            hit = proposed[s, any_rows, any_cols]
-            columns[f"{name}_score"] = pa.array(score[s, any_rows, any_cols], mask=~hit)
-            columns[f"{name}_rank"] = pa.array(rank[s, any_rows, any_cols], mask=~hit)
-        columns[N_SOURCES] = pa.array(proposed[:, any_rows, any_cols].sum(axis=0).astype(np.int8))
-        parts.append(pa.table(columns))
+    ctx = build_context(interactions, items, user_neighbours, item_neighbours, user_factors,
+                        item_factors, config)
+    parts = [generate_shard(ctx, s, config) for s in user_shards(ctx.n_users, shard_users)]
     return pa.concat_tables(parts) if parts else CANDIDATES_SCHEMA.empty_table()
 
 

@@ -107,7 +107,8 @@ def evaluate_lists(recs: pa.Table, test: pa.Table, items: pa.Table, n_items: int
         (pl.col("hit") / (pl.col(RANK) + 1).log(2)).filter(pl.col(RANK) <= 10).sum().alias("dcg"),
         pl.col("hit").sum().alias("hits20"),
     )
-    users = n_test.join(per_user, on=USER_ID, how="left").fill_null(0)
+    # Sorted so the means sum in a fixed order (bit-stable across runs).
+    users = n_test.join(per_user, on=USER_ID, how="left").fill_null(0).sort(USER_ID)
     # Ideal DCG over min(|test|, 10) relevant slots: sum_{r=1..m} 1/log2(r+1).
     ideal_table = np.concatenate([[0.0], np.cumsum(1 / np.log2(np.arange(2, 12)))])
     m = np.minimum(users["n_test"].to_numpy(), 10)
@@ -117,7 +118,7 @@ def evaluate_lists(recs: pa.Table, test: pa.Table, items: pa.Table, n_items: int
     per_list = top10.group_by(USER_ID).agg(
         pl.col(AUTHOR_ID).n_unique().alias("distinct"),
         pl.col(AUTHOR_ID).value_counts().struct.field("count").max().alias("max_author"),
-    )
+    ).sort(USER_ID)
     return Metrics(
         ndcg_at_10=float(ndcg.mean()) if len(ndcg) else 0.0,
         recall_at_20=float(recall.mean()) if len(recall) else 0.0,

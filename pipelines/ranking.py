@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -12,14 +11,13 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.columns import ITEM_ID, SCORE, SOURCES, USER_ID
-from features.ranking import candidate_features, feature_columns
+from features.ranking import feature_columns
 from models.als import AlsConfig
 from models.neighbours import PearsonConfig
 from models.ranker import LambdaRanker, RankerConfig
 from pipelines import candidates as cand
-from pipelines import embeddings, neighbours
 from pipelines.diversify import SCORED_SCHEMA, source_names
-from pipelines.evaluate import SplitConfig, split_last
+from pipelines.evaluate import SplitConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,40 +49,12 @@ class RankingConfig(BaseModel):
     then the last part of what is left, ... (2 beat 1 on validation: NDCG@10 0.1111 vs 0.1086)."""
     max_train_users: int | None = Field(None, ge=2)
     """Train on a seeded sample of this many users (None = all) to bound training time."""
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig())
+    """Training-row sampling per query."""
 
 
 class TooLittleData(ValueError):
     """The history is too small to make labelled training data for the ranker."""
-
-
-@dataclass
-class CandidateSet:
-    """Candidates and the tables they were built from."""
-
-    candidates: pa.Table
-    user_neighbours: pa.Table
-    item_neighbours: pa.Table
-    user_factors: pa.Table
-    item_factors: pa.Table
-
-
-def build_candidates(interactions: pa.Table, items: pa.Table, cfg: CandidateSettings
-                     ) -> CandidateSet:
-    """Neighbourhoods, ALS and the candidate union for one interaction history."""
-    un = neighbours.user_neighbours(interactions, cfg.user_neighbours)
-    inb = neighbours.item_neighbours(interactions, cfg.item_neighbours)
-    uf, itf = embeddings.als_factors(interactions, cfg.als)
-    c = cand.generate(interactions, items, un, inb, uf, itf, cfg.candidates)
-    return CandidateSet(c, un, inb, uf, itf)
-
-
-def features_for(cs: CandidateSet, history: pa.Table, items: pa.Table, cfg: CandidateSettings
-                 ) -> pl.DataFrame:
-    """Feature frame for a candidate set built from `history`, sorted by (user, item)."""
-    return candidate_features(
-        cs.candidates, history, items, cs.item_neighbours, cs.user_factors, cs.item_factors,
-        recent_days=cfg.candidates.popular_window_days,
-    ).sort([USER_ID, ITEM_ID])
 
 
 def label(features: pl.DataFrame, target: pa.Table) -> pl.DataFrame:
@@ -96,44 +66,57 @@ def label(features: pl.DataFrame, target: pa.Table) -> pl.DataFrame:
         pl.col("label").fill_null(0))
 
 
-def training_frame(history: pa.Table, items: pa.Table, cfg: CandidateSettings,
-                   ranking: RankingConfig) -> pl.DataFrame:
-    """Labelled features: candidates from each user's earlier history, labels from the last part.
+class SamplingConfig(BaseModel):
+    """Which candidates become training rows: every positive plus a bounded set of negatives."""
 
-    Only a split's train part is seen by the candidate sources and the features, so no target
-    interaction leaks into them. With `label_cutoffs` > 1 the rule is applied again to the
-    train part, giving one more labelled query per user and cut-off (column `cutoff`).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    """Sample negatives (False trains on every candidate of every query)."""
+    hard_negatives: int = Field(50, ge=0)
+    """Per query, the negatives that some source ranked best (lowest rank over sources)."""
+    random_negatives: int = Field(50, ge=0)
+    """Per query, this many more negatives drawn at random (seeded by ranker.model.seed)."""
+
+
+def sample_rows(frame: pl.DataFrame, sampling: SamplingConfig, seed: int) -> pl.DataFrame:
+    """Keep every positive, the hard negatives and seeded random negatives of each query.
+
+    Queries without a positive are dropped: lambdarank gets no gradient from them. The random
+    draw hashes (user, item, seed), so the rows kept do not depend on how users are sharded.
     """
-    frames = []
-    for cutoff in range(ranking.label_cutoffs):
-        split = split_last(history, ranking.label_split)
-        if split.test.num_rows == 0:
-            break
-        cs = build_candidates(split.train, items, cfg)
-        frame = label(features_for(cs, split.train, items, cfg), split.test)
-        users = pl.Series(split.test[USER_ID].unique().to_pylist())
-        frames.append(frame.filter(pl.col(USER_ID).is_in(users.implode()))
-                      .with_columns(pl.lit(cutoff, pl.Int8).alias(CUTOFF)))
-        history = split.train
-    if not frames:
-        raise TooLittleData("no user has enough interactions to hold out a training target")
-    frame = pl.concat(frames, how="diagonal_relaxed")
-    if ranking.max_train_users is not None:
-        keep = frame[USER_ID].unique().sort().sample(
-            n=min(ranking.max_train_users, frame[USER_ID].n_unique()), seed=ranking.model.seed)
-        frame = frame.filter(pl.col(USER_ID).is_in(keep.implode()))
-    return frame.sort([CUTOFF, USER_ID, ITEM_ID])
+    frame = frame.filter(pl.col("label").max().over(USER_ID) > 0)
+    if not sampling.enabled or frame.height == 0:
+        return frame
+    ranks = [c for c in frame.columns if c.endswith("_rank")]
+    best = pl.min_horizontal([pl.col(c) for c in ranks]) if ranks else pl.lit(0)
+    frame = frame.with_columns(
+        best.fill_null(1 << 30).alias("_best"),
+        pl.concat_str([pl.col(USER_ID), pl.col(ITEM_ID)], separator="\x1f")
+        .hash(seed).alias("_draw"),
+    )
+    neg = pl.col("label") == 0
+    hard = (pl.struct("_best", ITEM_ID).rank("ordinal").over(USER_ID, neg)
+            <= sampling.hard_negatives)
+    frame = frame.with_columns((neg & hard).alias("_hard"))
+    rest = neg & ~pl.col("_hard")
+    rand = pl.col("_draw").rank("ordinal").over(USER_ID, rest) <= sampling.random_negatives
+    keep = (pl.col("label") > 0) | pl.col("_hard") | (rest & rand)
+    return frame.filter(keep).drop(["_best", "_draw", "_hard"])
 
 
-def fit_ranker(history: pa.Table, items: pa.Table, cfg: CandidateSettings,
-               ranking: RankingConfig) -> LambdaRanker:
-    """Train the LightGBM ranker on time splits of `history` (one query per user and cut-off)."""
+def fit_on(frame: pl.DataFrame, ranking: RankingConfig) -> LambdaRanker:
+    """Train the LightGBM ranker on labelled rows (one query per cut-off and user)."""
     start = time.perf_counter()
-    frame = training_frame(history, items, cfg, ranking)
     positives = frame.filter(pl.col("label") == 1)[USER_ID].n_unique() if frame.height else 0
     if positives < 2:
         raise TooLittleData(f"only {positives} users have a held-out interaction among their "
                             "candidates; the ranker needs at least 2")
+    if ranking.max_train_users is not None:
+        keep = frame[USER_ID].unique().sort().sample(
+            n=min(ranking.max_train_users, frame[USER_ID].n_unique()), seed=ranking.model.seed)
+        frame = frame.filter(pl.col(USER_ID).is_in(keep.implode()))
+    frame = frame.sort([CUTOFF, USER_ID, ITEM_ID])
     cols = feature_columns(frame.drop(["label", CUTOFF]))
     x = frame.select(cols).to_numpy().astype(np.float32)
     y = frame["label"].to_numpy().astype(np.float32)

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.errors import RunLockedError
+from features.errors import ConfigError, RunLockedError
 
 STAGING_PREFIX = ".staging-"
 LATEST = "latest"
@@ -103,6 +104,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+"""Run ids: letters, digits, '_' and '-', starting with a letter or digit, at most 100
+characters. No dots or slashes, so an id can never be a path, a temporary or staging name."""
+RESERVED = frozenset({LATEST, "cache"})
+
+
+def validate_run_id(run_id: str) -> str:
+    """Return `run_id` if it is a valid run id, else raise ConfigError saying what is allowed."""
+    if not RUN_ID_PATTERN.fullmatch(run_id) or run_id.lower() in RESERVED:
+        raise ConfigError(
+            f"invalid run id {run_id!r}: use 1-100 letters, digits, '_' or '-', starting with a "
+            f"letter or digit, and not {sorted(RESERVED)} (e.g. 2026-12-01-nightly)")
+    return run_id
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -241,6 +257,8 @@ def fault_point(name: str) -> None:
     if os.environ.get("RECSYS_FAULT_AT") != name:
         return
     flag = os.environ.get("RECSYS_FAULT_FILE")
+    if flag and os.environ.get("RECSYS_FAULT_ONCE") and Path(flag).exists():
+        return  # one-shot: a restarted worker retrying the task runs through
     if flag:
         Path(flag).write_text(f"{os.getpid()}\n")
     time.sleep(3600)

@@ -6,7 +6,11 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from features.ranking import popularity_at_user_time
+import pyarrow as pa
+
+from features.ranking import history_stats, popularity_at_user_time
+from pipelines.embeddings import factors_schema
+from pipelines.neighbours import neighbours_schema
 
 
 def test_popularity_at_user_time_matches_direct_count() -> None:
@@ -16,7 +20,12 @@ def test_popularity_at_user_time_matches_direct_count() -> None:
     hist = pl.DataFrame({"user_id": [e[0] for e in events], "item_id": [e[1] for e in events],
                          "ts": [t0 + timedelta(days=e[2]) for e in events]})
     pairs = pl.DataFrame({"user_id": ["a", "b", "c", "a"], "item_id": ["z", "y", "z", "w"]})
-    out = popularity_at_user_time(pairs, hist, recent_days=30)
+    table = hist.with_columns(pl.lit(1.0).alias("weight")).to_arrow()
+    items = pa.table({"item_id": ["w", "x", "y", "z"], "author_id": ["a"] * 4})
+    stats = history_stats(table, items, neighbours_schema("item_id").empty_table(),
+                          factors_schema("user_id", 1).empty_table(),
+                          factors_schema("item_id", 1).empty_table(), recent_days=30)
+    out = popularity_at_user_time(pairs, hist, stats)
     # user a's last day 5: z has none by then; b's last day 39: y has 1 (day 5), 0 in 30 days
     # before; c's last day 60: z has 1 (day 39, within 30 days); w is unknown.
     assert out["item_pop_at_user_time"].to_list() == [0.0, 1.0, 1.0, 0.0]

@@ -27,7 +27,7 @@ from pipelines.store import latest_run
 from tests.conftest import tiny_config_dict, to_toml, write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-STAGE_ORDER = ["ingest", "user_neighbours", "item_neighbours", "als", "candidates", "rank",
+STAGE_ORDER = ["ingest", "user_neighbours", "item_neighbours", "als", "candidates", "score",
                "diversify"]
 FLAG_TIMEOUT_S = 90.0  # imports plus the stages before the fault point, on a loaded machine
 
@@ -152,7 +152,7 @@ FAULTS = [
     pytest.param("item_neighbours", id="item-neighbourhoods"),
     pytest.param("als", id="als"),
     pytest.param("candidates", id="candidates"),
-    pytest.param("rank", id="ranking"),
+    pytest.param("score", id="scoring"),
     pytest.param("diversify", id="diversify"),
     pytest.param("publish", id="publish"),
 ]

@@ -27,8 +27,15 @@ def test_tiny_run_publishes_every_table(tiny_config: RunConfig) -> None:
     assert (res.path / "warehouse.duckdb").is_file()
     manifest = json.loads((res.path / "manifest.json").read_text())
     assert manifest["rows"]["interactions"] == 30 * 12
-    assert set(manifest["seconds"]) == {"ingest", "user_neighbours", "item_neighbours", "als",
-                                        "candidates", "rank", "diversify", "evaluate"}
+    sources = ("user_neighbours", "item_neighbours", "als", "candidates")
+    # Serving history h0, the ranker's cut-offs h1, h2 and the evaluation ranker's h3 (the
+    # evaluation's own split is h1): each source once per distinct history.
+    assert set(manifest["seconds"]) == {
+        "ingest", *sources, *(f"{s}@h{k}" for s in ("split", *sources) for k in (1, 2, 3)),
+        *(f"train_rows@h{k}" for k in (1, 2, 3)), "ranker", "score", "diversify",
+        "ranker@eval", "evaluate"}
+    assert manifest["scored_by"] == "lightgbm"
+    assert not (res.path / "work").exists()
     evaluation = pq.read_table(res.path / "evaluation.parquet").to_pylist()
     assert [r["model"] for r in evaluation] == [
         "popularity", "user_pearson", "item_pearson", "als", "fusion", "lightgbm",
@@ -74,6 +81,11 @@ def test_rerun_skips_stages_whose_inputs_did_not_change(tmp_path: Path) -> None:
     changed = run_nightly(RunConfig.from_dict(raw), run_id="changed")
     recomputed = {r.stage for r in changed.reports if not r.cached}
     assert recomputed == {"diversify", "evaluate"}
+    raw["ranker"] = {"model": {"num_leaves": 7}}
+    lgbm = run_nightly(RunConfig.from_dict(raw), run_id="lgbm")
+    # A LightGBM setting retrains both rankers and rescores; no candidate stage reruns.
+    assert {r.stage for r in lgbm.reports if not r.cached} == {
+        "ranker", "score", "diversify", "ranker@eval", "evaluate"}
     assert pq.read_table(changed.path / "recommendations.parquet").num_rows == 30 * 3
 
 

@@ -1,0 +1,79 @@
+"""The Dask engine adapter: shard work on a `distributed` cluster, parts written by the workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.errors import ConfigError
+from pipelines.recommend.engine import ShardFn
+
+log = logging.getLogger(__name__)
+
+
+class EngineConfig(BaseModel):
+    """Where the nightly job runs: in this process, as Prefect tasks, or on a Dask cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = Field("prefect", pattern="^(local|prefect|dask)$")
+    """`local` (one process, no Prefect), `prefect` (Prefect tasks, shards in-process) or
+    `dask` (Prefect tasks; shard work on a Dask cluster)."""
+    address: str | None = None
+    """An existing scheduler, e.g. tcp://host:8786 (started with `dask scheduler` /
+    `dask worker`, dask-kubernetes or dask-jobqueue). None starts a LocalCluster for the run."""
+    n_workers: int = Field(2, ge=1)
+    """Workers of the LocalCluster the run starts (ignored with `address`)."""
+    threads_per_worker: int = Field(1, ge=1)
+    """Threads per LocalCluster worker (ignored with `address`)."""
+
+
+def local_client(n_workers: int, threads_per_worker: int) -> Any:
+    """A `distributed.Client` on a new LocalCluster of worker processes."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                           processes=True, dashboard_address=None)
+    return Client(cluster)
+
+
+def connect(config: EngineConfig) -> Any:
+    """A client for the configured cluster; a clear error when the scheduler is unreachable."""
+    from distributed import Client
+
+    if config.address is None:
+        return local_client(config.n_workers, config.threads_per_worker)
+    try:
+        return Client(config.address, timeout="20s")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {config.address} ({exc}); start one with "
+            "`dask scheduler` and `dask worker <address>`, or remove engine.address to use a "
+            "local cluster") from exc
+
+
+class DaskEngine:
+    """Runs each shard as a Dask task; the shared inputs are broadcast to every worker once.
+
+    Workers write their parts straight into the run's staging folder, so every worker must
+    see the output root (a shared file system). A worker that dies fails the stage: the run
+    is not published and the rerun reuses every finished stage from the cache.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def map_shards(self, fn: ShardFn, shared: Any, paths: Sequence[Path]) -> list[int]:
+        """One task per shard, in order."""
+        if not paths:
+            return []
+        data = self.client.scatter({"shared": shared}, broadcast=True)["shared"]
+        futures = self.client.map(fn, [data] * len(paths), list(range(len(paths))),
+                                  list(paths), pure=False)
+        rows = [int(r) for r in self.client.gather(futures)]
+        del data
+        return rows

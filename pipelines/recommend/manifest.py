@@ -1,0 +1,169 @@
+"""The run manifest, the checks before publish, and pruning of old runs."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import shutil
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import candidates as cand
+from pipelines import diversify as div
+from pipelines import ingest, offline
+from pipelines.neighbours import neighbours_schema
+from pipelines.recommend.config import RunConfig
+from pipelines.recommend.stages import Plan, published_tables
+from pipelines.recommend.tables import WORK, parts_dir, table_path
+from pipelines.store import MANIFEST, RunFolder, write_parquet_atomic
+
+if TYPE_CHECKING:
+    from pipelines.recommend.runner import StageReport
+
+EXPECTED: dict[str, pa.Schema] = {
+    "user_neighbours": neighbours_schema("user_id"),
+    "item_neighbours": neighbours_schema("item_id"),
+    "candidates": cand.CANDIDATES_SCHEMA,
+    "scored": div.SCORED_SCHEMA,
+    "recommendations": div.RECOMMENDATIONS_SCHEMA,
+    "evaluation": offline.EVALUATION_SCHEMA,
+}
+
+
+def fingerprint(cfg: RunConfig) -> dict[str, str]:
+    """sha256 of every input file (the data fingerprint in the manifest)."""
+    out = {}
+    ingest.check_file(cfg.source.path, "interactions")  # the same clear errors as ingest
+    for item in cfg.source.items:
+        ingest.check_file(item.path, "items")
+    for path in [cfg.source.path, *(it.path for it in cfg.source.items)]:
+        stat = Path(path).stat()
+        out[str(path)] = _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, cached per (path, size, mtime): every stage key asks for it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape the results."""
+    out = {"python": platform.python_version()}
+    for pkg in ("recsys-nightly", "prefect", "polars", "implicit", "lightgbm", "duckdb",
+                "pyarrow", "numpy", "scipy", "numba", "torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def manifest_for(run: RunFolder, p: Plan, cfg: RunConfig, reports: list[StageReport],
+                 started: datetime) -> dict[str, Any]:
+    """The manifest written last into a run: config, fingerprint, counts, timings, versions."""
+    info = {r.stage: r.info for r in reports if r.info}
+    ingest_info = info.get("ingest") or {}
+    tables = set(published_tables(p))
+    rejected = pq.read_metadata(table_path(run.staging, "rejected")).num_rows
+    return {
+        "run_id": run.run_id,
+        "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(),
+        "config": cfg.model_dump(mode="json"),
+        "data_fingerprint": ingest_info.get("fingerprint") or fingerprint(cfg),
+        "ingest": ingest_info.get("report", {}),
+        "rows": {k: v for r in reports for k, v in r.rows.items() if k in tables},
+        "seconds": {r.stage: r.seconds for r in reports},
+        "cached": sorted(r.stage for r in reports if r.cached),
+        "scored_by": (info.get("score") or {}).get("scored_by"),
+        "evaluation": info.get("evaluate") or {"status": "disabled"},
+        "rejected_rows": rejected,
+        "versions": versions(),
+    }
+
+
+def combine_parts(folder: Path, name: str) -> None:
+    """Stream a sharded table's parts into one Parquet file (one row group per part)."""
+    parts = sorted(parts_dir(folder, name).glob("part-*.parquet"))
+    schema = pq.read_schema(parts[0])
+    target = table_path(folder, name)
+    tmp = target.with_name(f".{target.name}.combine.tmp")
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for part in parts:
+            writer.write_table(pq.read_table(part).cast(schema))
+    footer = pq.read_metadata(tmp)
+    expected = sum(pq.read_metadata(pt).num_rows for pt in parts)
+    if footer.num_rows != expected:
+        raise OSError(f"{target}: combined {footer.num_rows} rows, parts hold {expected}")
+    tmp.replace(target)
+    shutil.rmtree(parts_dir(folder, name))
+
+
+def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any]) -> None:
+    """Make the staging folder what will be published, and verify every table in it.
+
+    Sharded tables become one file each, the cut-off tables are removed, and each published
+    table's footer is read back: its row count must match the manifest and its schema the
+    table's contract. A mismatch fails the run before anything is published.
+    """
+    folder = run.staging
+    for name in published_tables(p):
+        if parts_dir(folder, name).is_dir():
+            combine_parts(folder, name)
+    shutil.rmtree(folder / WORK, ignore_errors=True)
+    for name in published_tables(p):
+        path = table_path(folder, name)
+        try:
+            meta = pq.read_metadata(path)
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise OSError(f"{path} cannot be read back before publish: {exc}") from exc
+        if meta.num_rows != manifest["rows"].get(name, meta.num_rows):
+            raise OSError(f"{path} holds {meta.num_rows} rows, its stage wrote "
+                          f"{manifest['rows'][name]}")
+        want = EXPECTED.get(name)
+        if want is not None and not schema.remove_metadata().equals(want, check_metadata=False):
+            raise OSError(f"{path} schema differs from the {name} contract:\n{schema}\n"
+                          f"expected\n{want}")
+
+
+def published_at(run_dir: Path) -> str:
+    """A published run's finish time from its manifest ('' when unreadable)."""
+    try:
+        return str(json.loads((run_dir / MANIFEST).read_text()).get("finished", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def prune_runs(root: Path, keep: int) -> list[Path]:
+    """Delete the oldest published runs beyond `keep`, by publish time (never `latest`)."""
+    from pipelines.store import latest_run
+
+    runs_dir = root / "runs"
+    latest = latest_run(root)
+    published = [p for p in runs_dir.iterdir()
+                 if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                 and (p / MANIFEST).exists() and (p / "recommendations.parquet").exists()]
+    published.sort(key=lambda p: (published_at(p), p.name))
+    doomed = [p for p in published[:-keep] if p != latest] if len(published) > keep else []
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def write_table(run: RunFolder, name: str, table: pa.Table) -> Path:
+    """Write a whole table into the staging folder."""
+    return write_parquet_atomic(table, table_path(run.staging, name))

@@ -1,0 +1,182 @@
+"""Runs the planned stages over a staging folder, with the stage cache, then publishes."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from features.errors import ConfigError
+from pipelines.recommend import cache as stage_cache
+from pipelines.recommend import manifest as mf
+from pipelines.recommend.config import RunConfig, section
+from pipelines.recommend.engine import Engine, LocalEngine
+from pipelines.recommend.stages import Plan, Stage, plan
+from pipelines.recommend.tables import StageIO
+from pipelines.store import (
+    RunFolder,
+    clean_stale,
+    fault_point,
+    new_run_id,
+    output_lock,
+    validate_run_id,
+)
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The source files each kind of stage runs (besides the runner's own): a cache key changes
+# only when code its stage uses changes, so editing a generative model reuses every stage.
+COMMON = ("features/columns.py", "features/vocab.py", "features/matrix.py",
+          "features/errors.py", "pipelines/recommend/stages.py",
+          "pipelines/recommend/tables.py", "pipelines/store.py")
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "ingest": ("pipelines/ingest.py", "features/resources.py"),
+    "split": ("pipelines/evaluate.py",),
+    "user_neighbours": ("models/neighbours.py", "pipelines/neighbours.py"),
+    "item_neighbours": ("models/neighbours.py", "pipelines/neighbours.py"),
+    "als": ("models/als.py", "pipelines/embeddings.py"),
+    "candidates": ("pipelines/candidates.py",),
+    "train_rows": ("features/ranking.py", "pipelines/ranking.py"),
+    "ranker": ("models/ranker.py", "pipelines/ranking.py", "features/ranking.py"),
+    "score": ("features/ranking.py", "pipelines/ranking.py", "models/ranker.py",
+              "pipelines/diversify.py"),
+    "diversify": ("pipelines/diversify.py",),
+    "evaluate": ("pipelines/evaluate.py", "pipelines/offline.py", "pipelines/diversify.py",
+                 "pipelines/ranking.py", "features/ranking.py", "models/ranker.py"),
+}
+
+
+@functools.cache
+def code_version(kind: str) -> str:
+    """Hash of the source files a kind of stage runs."""
+    digest = hashlib.sha256()
+    for rel in (*COMMON, *STAGE_CODE[kind]):
+        path = REPO / rel
+        digest.update(rel.encode())
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()
+
+
+def stage_key(p: Plan, stage: Stage, cfg: RunConfig, _memo: dict[str, str] | None = None
+              ) -> str:
+    """Content key of a stage's output: a Merkle hash over its config, code and upstream keys."""
+    memo = {} if _memo is None else _memo
+    if stage.name in memo:
+        return memo[stage.name]
+    digest = hashlib.sha256()
+    digest.update(stage.kind.encode())
+    digest.update(code_version(stage.kind).encode())
+    digest.update(json.dumps({c: section(cfg, c) for c in stage.config}, sort_keys=True,
+                             default=str).encode())
+    if stage.kind == "ingest":
+        digest.update(json.dumps(mf.fingerprint(cfg), sort_keys=True).encode())
+    for up in p.upstream(stage):
+        digest.update(stage_key(p, up, cfg, memo).encode())
+    memo[stage.name] = digest.hexdigest()
+    return memo[stage.name]
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """What one stage did: rows written per table, seconds taken, whether it was reused."""
+
+    stage: str
+    rows: dict[str, int]
+    seconds: float
+    cached: bool = False
+    info: dict[str, Any] | None = None
+
+
+def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine | None = None
+            ) -> StageReport:
+    """Run one stage over the run folder, or restore it from a verified cache entry."""
+    start = time.perf_counter()
+    key = stage_key(p, stage, cfg)
+    entry = stage_cache.entry(cfg.output.root, stage.name, key)
+    if cfg.output.cache and (hit := stage_cache.restore(entry, folder)) is not None:
+        log.info("stage %s: unchanged inputs, reused cache %s", stage.name, key[:12])
+        return StageReport(stage.name, hit["rows"], round(time.perf_counter() - start, 3),
+                           cached=True, info=hit["info"])
+    log.info("stage %s: started", stage.name)
+    io = StageIO(folder, engine or LocalEngine())
+    info = stage.fn(io, cfg)
+    fault_point(stage.name)  # crash tests kill the process here, after the stage's files
+    if missing := [t for t in stage.writes if not io.exists(t) and t not in io.files]:
+        raise RuntimeError(f"stage {stage.name} did not write {missing}")
+    seconds = time.perf_counter() - start
+    if cfg.output.cache:
+        stage_cache.store(entry, folder, io.files, io.rows, info)
+    log.info("stage %s: %s in %.2f s", stage.name, io.rows, seconds)
+    return StageReport(stage.name, io.rows, round(seconds, 3), info=info)
+
+
+@dataclass
+class RunResult:
+    """A published run: where it is and what each stage did."""
+
+    run_id: str
+    path: Path
+    reports: list[StageReport] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+Call = Callable[[Stage, RunFolder], StageReport]
+"""Runs one stage (directly, or as an orchestrator's task)."""
+Runner = Callable[[Plan, RunFolder], list[StageReport]]
+"""Runs every stage of a plan, in dependency order, and returns their reports in plan order."""
+
+
+def sequential(call: Call) -> Runner:
+    """Run the plan's stages one after another through `call`."""
+    return lambda p, run: [call(s, run) for s in p.stages]
+
+
+def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: bool = False,
+                engine: Engine | None = None) -> RunResult:
+    """Run every stage in order and publish, without Prefect (tests, scripts, debugging)."""
+    def call(stage: Stage, run: RunFolder) -> StageReport:
+        return execute(plan(cfg, evaluate_only=evaluate_only), stage, run.staging, cfg, engine)
+    return run_with(cfg, run_id, sequential(call), evaluate_only=evaluate_only)
+
+
+def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
+             evaluate_only: bool = False) -> RunResult:
+    """Lock the output root, run the plan through `runner`, verify, publish, prune.
+
+    Any failure discards the staging folder, so nothing is published and `latest` keeps
+    pointing at the last good run. `evaluate_only` runs ingest and the evaluation only, and
+    publishes without moving `latest`.
+    """
+    root = cfg.output.root
+    started = datetime.now(UTC)
+    if run_id is not None:
+        validate_run_id(run_id)
+    with output_lock(root, wait_s=cfg.output.lock_wait_s):
+        clean_stale(root)
+        run = RunFolder(root, run_id or new_run_id(started))
+        if run.final.exists():
+            raise ConfigError(f"run id {run.run_id!r} is already used by {run.final}; choose "
+                              "another --run-id (or leave it out for a fresh one)")
+        run.create()
+        p = plan(cfg, evaluate_only=evaluate_only)
+        try:
+            reports = runner(p, run)
+            manifest = mf.manifest_for(run, p, cfg, reports, started)
+            mf.finalise(run, p, manifest)
+            path = run.publish(manifest, update_latest=not evaluate_only)
+        except BaseException:
+            run.discard()
+            raise
+        mf.prune_runs(root, cfg.output.keep_runs)
+        memo: dict[str, str] = {}
+        stage_cache.prune(root, {f"{s.name}/{stage_key(p, s, cfg, memo)}" for s in p.stages})
+    return RunResult(run.run_id, path, reports, manifest)

@@ -1,0 +1,454 @@
+"""The nightly job's stages, each a function over named tables, planned per time cut-off."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.columns import ITEM_ID, RANK, USER_ID
+from features.errors import DataWarning
+from features.ranking import HistoryStats, candidate_features, history_stats
+from models.ranker import LambdaRanker
+from pipelines import candidates as cand
+from pipelines import diversify as div
+from pipelines import embeddings, ingest, neighbours, offline
+from pipelines import ranking as rk
+from pipelines.evaluate import (
+    SplitConfig,
+    evaluate_lists,
+    popularity_lists,
+    split_last,
+    top_k_from_scores,
+)
+from pipelines.recommend.config import RunConfig, section
+from pipelines.recommend.tables import StageIO, table_path, write_part
+from pipelines.store import atomic_path, fault_point
+
+log = logging.getLogger(__name__)
+
+SERVING = "h0"
+
+
+@dataclass(frozen=True)
+class History:
+    """One interaction history the sources are computed for: everything, or a time cut-off.
+
+    `h0` is the whole history (serving). A cut-off is its parent with each user's last part
+    held out by the split rule at config path `split`: its `history` feeds the sources and its
+    `target` labels the ranker's training rows (or scores the offline evaluation).
+    """
+
+    name: str
+    parent: str | None = None
+    split: str | None = None  # dotted config path of the split rule
+
+    def table(self, base: str) -> str:
+        """The run-folder name of this history's table `base` (history, target, candidates...)."""
+        if self.name == SERVING:
+            return "interactions" if base == "history" else base
+        return f"{self.name}/{base}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named computation: reads tables, writes tables, keyed by the config it uses."""
+
+    name: str
+    kind: str  # module = stage = task kind: ingest, split, user_neighbours, ..., evaluate
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    fn: Callable[[StageIO, RunConfig], dict[str, Any] | None] = field(compare=False, repr=False)
+    config: tuple[str, ...] = ()
+    """Dotted config paths whose values shape the output (besides the upstream stages)."""
+    timeout_s: float | None = None
+
+
+def _ingest(io: StageIO, cfg: RunConfig) -> dict[str, Any]:
+    res = ingest.ingest(cfg.source)
+    for name in ("interactions", "items", "rejected"):
+        io.write(name, getattr(res, name))
+    write_warehouse(io.folder, {n: getattr(res, n) for n in ("interactions", "items",
+                                                            "rejected")})
+    io.files.append("warehouse.duckdb")
+    report = dict(getattr(res, "report", {}) or {})
+    info = {"report": report, "fingerprint": dict(getattr(res, "fingerprint", {}) or {})}
+    io.write_file("ingest.json", json.dumps(info, sort_keys=True, default=str).encode())
+    return info
+
+
+def write_warehouse(folder: Path, tables: dict[str, pa.Table]) -> Path:
+    """Store the ingested tables in a DuckDB database file (`warehouse.duckdb`) in the run."""
+    target = folder / "warehouse.duckdb"
+    with atomic_path(target) as tmp:
+        con = duckdb.connect(str(tmp))
+        try:
+            for name, table in tables.items():
+                con.register(f"{name}_arrow", table)
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_arrow")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+    return target
+
+
+def _split(io: StageIO, cfg: RunConfig, h: History, parent: History) -> None:
+    rule = SplitConfig.model_validate(section(cfg, str(h.split)))
+    split = split_last(io.read(parent.table("history")), rule)
+    io.write(h.table("history"), split.train)
+    io.write(h.table("target"), split.test)
+
+
+def _user_neighbours(io: StageIO, cfg: RunConfig, h: History) -> None:
+    io.write(h.table("user_neighbours"),
+             neighbours.user_neighbours(io.read(h.table("history")), cfg.user_neighbours))
+
+
+def _item_neighbours(io: StageIO, cfg: RunConfig, h: History) -> None:
+    io.write(h.table("item_neighbours"),
+             neighbours.item_neighbours(io.read(h.table("history")), cfg.item_neighbours))
+
+
+def _als(io: StageIO, cfg: RunConfig, h: History) -> None:
+    users, items = embeddings.als_factors(io.read(h.table("history")), cfg.als)
+    io.write(h.table("user_factors"), users)
+    io.write(h.table("item_factors"), items)
+
+
+def _candidates_shard(shared: tuple[cand.Context, cand.CandidatesConfig, list[slice]], i: int,
+                      path: Path) -> int:
+    ctx, config, shards = shared
+    fault_point("candidates-shard")  # crash tests kill the worker process here
+    return write_part(cand.generate_shard(ctx, shards[i], config), path)
+
+
+def _candidates(io: StageIO, cfg: RunConfig, h: History) -> None:
+    t = {n: io.read(h.table(n)) for n in ("history", "user_neighbours", "item_neighbours",
+                                          "user_factors", "item_factors")}
+    ctx = cand.build_context(t["history"], io.read("items"), t["user_neighbours"],
+                             t["item_neighbours"], t["user_factors"], t["item_factors"],
+                             cfg.candidates)
+    shards = cand.user_shards(ctx.n_users, cfg.shards.users)
+    paths = io.shard_paths(h.table("candidates"), len(shards))
+    rows = io.engine.map_shards(_candidates_shard, (ctx, cfg.candidates, shards), paths)
+    io.record_parts(h.table("candidates"), paths, rows)
+
+
+def _stats(io: StageIO, cfg: RunConfig, h: History) -> HistoryStats:
+    return history_stats(
+        io.read(h.table("history")), io.read("items"), io.read(h.table("item_neighbours")),
+        io.read(h.table("user_factors")), io.read(h.table("item_factors")),
+        recent_days=cfg.candidates.popular_window_days)
+
+
+def features(candidates: pa.Table, history: pa.Table, stats: HistoryStats) -> pl.DataFrame:
+    """Feature rows of one shard of candidates, sorted by (user, item)."""
+    return candidate_features(candidates, history, stats).sort([USER_ID, ITEM_ID])
+
+
+def _train_rows_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
+    parts, history, target, stats, sampling, seed = shared
+    part = pq.read_table(parts[i])
+    frame = rk.label(features(part, history, stats), target)
+    users = pl.Series(target[USER_ID].unique().to_pylist(), dtype=pl.String)
+    frame = rk.sample_rows(frame.filter(pl.col(USER_ID).is_in(users.implode())), sampling, seed)
+    return write_part(frame.to_arrow(), path)
+
+
+def _train_rows(io: StageIO, cfg: RunConfig, h: History) -> None:
+    parts = io.parts(h.table("candidates"))
+    shared = (parts, io.read(h.table("history")), io.read(h.table("target")),
+              _stats(io, cfg, h), cfg.ranker.sampling, cfg.ranker.model.seed)
+    paths = io.shard_paths(h.table("train_rows"), len(parts))
+    io.record_parts(h.table("train_rows"), paths,
+                    io.engine.map_shards(_train_rows_shard, shared, paths))
+
+
+def _ranker(io: StageIO, cfg: RunConfig, cutoffs: tuple[History, ...], out: str) -> None:
+    frames = []
+    for n, h in enumerate(cutoffs):
+        for p in io.parts(h.table("train_rows")):
+            df = pl.from_arrow(pq.read_table(p))
+            assert isinstance(df, pl.DataFrame)
+            if df.height:
+                frames.append(df.with_columns(pl.lit(n, pl.Int8).alias(rk.CUTOFF)))
+    frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    try:
+        if not frames:
+            raise rk.TooLittleData("no user has enough interactions to hold out a training "
+                                   "target")
+        model: dict[str, Any] = rk.fit_on(frame, cfg.ranker).to_dict()
+    except rk.TooLittleData as exc:
+        model = {"fallback": "fusion", "reason": str(exc)}
+    io.write_file(out, json.dumps(model, sort_keys=True).encode())
+
+
+def load_ranker(folder: Path, name: str) -> tuple[LambdaRanker | None, str]:
+    """The ranker a ranker stage wrote, or None and the reason it fell back to fusion."""
+    data = json.loads((folder / name).read_text())
+    if "fallback" in data:
+        return None, str(data["reason"])
+    return LambdaRanker.from_dict(data), ""
+
+
+def _score_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
+    parts, history, stats, model, fusion = shared
+    part = pq.read_table(parts[i])
+    if model is None:
+        return write_part(div.fuse(part, fusion), path)
+    return write_part(rk.score(model, features(part, history, stats), part), path)
+
+
+def _score(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None) -> dict[str, Any]:
+    model, reason = (None, "ranking = 'fusion'") if ranker_file is None else load_ranker(
+        io.folder, ranker_file)
+    if model is None and ranker_file is not None:
+        warnings.warn(f"ranker not trained ({reason}); ordering by fusion instead", DataWarning,
+                      stacklevel=2)
+    parts = io.parts(h.table("candidates"))
+    stats = _stats(io, cfg, h) if model is not None else None
+    shared = (parts, io.read(h.table("history")), stats, model, cfg.fusion)
+    paths = io.shard_paths(h.table("scored"), len(parts))
+    io.record_parts(h.table("scored"), paths, io.engine.map_shards(_score_shard, shared, paths))
+    return {"scored_by": "lightgbm" if model is not None else "fusion", "reason": reason}
+
+
+def _diversify_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
+    parts, items, config = shared
+    return write_part(div.diversify(pq.read_table(parts[i]), items, config), path)
+
+
+def _diversify(io: StageIO, cfg: RunConfig) -> None:
+    parts = io.parts("scored")
+    paths = io.shard_paths("recommendations", len(parts))
+    io.record_parts("recommendations", paths, io.engine.map_shards(
+        _diversify_shard, (parts, io.read("items"), cfg.diversify), paths))
+
+
+EVAL_K = 20
+LIST_SCHEMA = pa.schema([pa.field(USER_ID, pa.string()), pa.field(ITEM_ID, pa.string()),
+                         pa.field(RANK, pa.int32())])
+
+
+def _evaluate_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
+    """Every approach's top-k lists for one shard of the evaluation's users."""
+    parts, history, stats, model, fusion, diversify_cfg, items = shared
+    part = pq.read_table(parts[i])
+    lists = []
+
+    def add(name: str, table: pa.Table) -> None:
+        lists.append(table.select([USER_ID, ITEM_ID, RANK]).cast(LIST_SCHEMA).append_column(
+            "model", pa.array([name] * table.num_rows, pa.string())))
+
+    for source in ("user_pearson", "item_pearson", "als"):
+        add(source, offline.source_lists(part, source, EVAL_K))
+    fused = div.fuse(part, fusion)
+    add("fusion", top_k_from_scores(fused, EVAL_K))
+    scored, name = fused, "fusion"
+    if model is not None:
+        scored, name = rk.score(model, features(part, history, stats), part), "lightgbm"
+        add(name, top_k_from_scores(scored, EVAL_K))
+    diverse = div.diversify(scored, items, div.DiversifyConfig(
+        **{**diversify_cfg.model_dump(), "n": max(EVAL_K, diversify_cfg.n)}))
+    add(f"{name}+diversity", diverse)
+    return write_part(pa.concat_tables(lists), path)
+
+
+def _evaluate(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None
+              ) -> dict[str, Any]:
+    train, test = io.read(h.table("history")), io.read(h.table("target"))
+    items = io.read("items")
+    if test.num_rows == 0:
+        rule = section(cfg, str(h.split))
+        reason = (f"no user has the {rule['min_interactions']} interactions the hold-out needs "
+                  "(evaluation.split.min_interactions); lower it, or set evaluation.enabled = "
+                  "false")
+        warnings.warn(f"offline evaluation skipped: {reason}", DataWarning, stacklevel=2)
+        io.write("evaluation", offline.EVALUATION_SCHEMA.empty_table())
+        io.write_file("evaluation.md", f"# Offline evaluation\n\nSkipped: {reason}.\n".encode())
+        return {"status": "skipped", "reason": reason}
+    model, reason = (None, "ranking = 'fusion'") if ranker_file is None else load_ranker(
+        io.folder, ranker_file)
+    parts = io.parts(h.table("candidates"))
+    stats = _stats(io, cfg, h) if model is not None else None
+    shared = (parts, train, stats, model, cfg.fusion, cfg.diversify, items)
+    paths = io.shard_paths(h.table("eval_lists"), len(parts))
+    rows = io.engine.map_shards(_evaluate_shard, shared, paths)
+    io.record_parts(h.table("eval_lists"), paths, rows)
+    lists = pl.from_arrow(io.read(h.table("eval_lists")))
+    assert isinstance(lists, pl.DataFrame)
+    users = sorted(set(test.column(USER_ID).to_pylist()))
+    n_items = len(set(train.column(ITEM_ID).to_pylist()))
+    ranker_name = "lightgbm" if model is not None else "fusion"
+    order = ["popularity", "user_pearson", "item_pearson", "als", "fusion"]
+    order += (["lightgbm"] if model is not None else []) + [f"{ranker_name}+diversity"]
+    table_rows = []
+    for name in order:
+        if name == "popularity":
+            recs = popularity_lists(train, users, EVAL_K)
+        else:
+            recs = lists.filter(pl.col("model") == name).drop("model").to_arrow()
+        m = evaluate_lists(recs, test, items, n_items)
+        table_rows.append(m.as_row(name))
+        log.info("evaluate %s: ndcg@10 %.4f recall@20 %.4f", name, m.ndcg_at_10,
+                 m.recall_at_20)
+    table = pa.Table.from_pylist(table_rows, schema=offline.EVALUATION_SCHEMA)
+    importance = model.importance() if model is not None else {}
+    split = offline.SplitSummary(train.num_rows, test.num_rows,
+                                 train.column("ts").null_count < train.num_rows)
+    io.write("evaluation", table)
+    io.write_file("evaluation.md", offline.report_markdown(table, split, importance).encode())
+    return {"status": "done", "ranker": ranker_name, **({"reason": reason} if reason else {})}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every stage of one night in run order, and which histories play which role."""
+
+    stages: tuple[Stage, ...]
+    histories: tuple[History, ...]
+
+    def stage(self, name: str) -> Stage:
+        """A stage by name."""
+        return next(s for s in self.stages if s.name == name)
+
+    def producers(self) -> dict[str, Stage]:
+        """Table name -> the stage that writes it."""
+        return {t: s for s in self.stages for t in s.writes}
+
+    def upstream(self, stage: Stage) -> list[Stage]:
+        """The stages whose outputs `stage` reads."""
+        prod = self.producers()
+        names = sorted({prod[r].name for r in stage.reads})
+        return [self.stage(n) for n in names]
+
+
+def _at(kind: str, h: History) -> str:
+    return kind if h.name == SERVING else f"{kind}@{h.name}"
+
+
+def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
+    """The stages of a night: sources and candidates once per distinct history.
+
+    The ranker's label cut-offs are successive splits of the history (h1, h2, ...). The
+    offline evaluation's train/test split is the first cut-off when its rule equals the
+    ranker's, and its own ranker trains on the next cut-offs, so nothing is computed twice.
+    """
+    lgbm = cfg.ranking == "lightgbm"
+    n_cut = cfg.ranker.label_cutoffs
+    evaluating = evaluate_only or cfg.evaluation.enabled
+    hs: dict[str, History] = {SERVING: History(SERVING)}
+
+    def chain(prefix: str, first_rule: str, n: int, start: int = 1) -> list[History]:
+        out, parent = [], SERVING if start == 1 else f"{prefix}{start - 1}"
+        for k in range(start, start + n):
+            rule = first_rule if k == 1 else "ranker.label_split"
+            hs.setdefault(f"{prefix}{k}", History(f"{prefix}{k}", parent, rule))
+            out.append(hs[f"{prefix}{k}"])
+            parent = f"{prefix}{k}"
+        return out
+
+    serving_cuts = chain("h", "ranker.label_split", n_cut) if lgbm and not evaluate_only else []
+    eval_train: History | None = None
+    eval_cuts: list[History] = []
+    if evaluating:
+        same = cfg.evaluation.split == cfg.ranker.label_split
+        prefix = "h" if same else "e"
+        rule = "ranker.label_split" if same else "evaluation.split"
+        eval_train = chain(prefix, rule, 1)[0]
+        if lgbm:
+            eval_cuts = chain(prefix, rule, n_cut, start=2)
+
+    stages: list[Stage] = [Stage("ingest", "ingest", (), ("interactions", "items", "rejected"),
+                                 _ingest, ("source",), timeout_s=3600)]
+    for h in hs.values():
+        if h.parent is not None:
+            parent = hs[h.parent]
+            stages.append(Stage(_at("split", h), "split", (parent.table("history"),),
+                                (h.table("history"), h.table("target")),
+                                partial(_split, h=h, parent=parent), (str(h.split),)))
+        hist = h.table("history")
+        if h.name == SERVING and evaluate_only:
+            continue
+        stages += [
+            Stage(_at("user_neighbours", h), "user_neighbours", (hist,),
+                  (h.table("user_neighbours"),), partial(_user_neighbours, h=h),
+                  ("user_neighbours",)),
+            Stage(_at("item_neighbours", h), "item_neighbours", (hist,),
+                  (h.table("item_neighbours"),), partial(_item_neighbours, h=h),
+                  ("item_neighbours",)),
+            Stage(_at("als", h), "als", (hist,), (h.table("user_factors"),
+                                                  h.table("item_factors")),
+                  partial(_als, h=h), ("als",)),
+            Stage(_at("candidates", h), "candidates",
+                  (hist, "items", h.table("user_neighbours"), h.table("item_neighbours"),
+                   h.table("user_factors"), h.table("item_factors")),
+                  (h.table("candidates"),), partial(_candidates, h=h), ("candidates",)),
+        ]
+    source_tables = ("history", "item_neighbours", "user_factors", "item_factors")
+    for h in dict.fromkeys(serving_cuts + eval_cuts):
+        stages.append(Stage(
+            _at("train_rows", h), "train_rows",
+            tuple(h.table(t) for t in (*source_tables, "candidates", "target")) + ("items",),
+            (h.table("train_rows"),), partial(_train_rows, h=h),
+            ("ranker.sampling", "ranker.model.seed", "candidates.popular_window_days")))
+
+    def ranker_stage(name: str, cuts: list[History], out: str) -> Stage:
+        return Stage(name, "ranker", tuple(h.table("train_rows") for h in cuts), (out,),
+                     partial(_ranker, cutoffs=tuple(cuts), out=out),
+                     ("ranker.model", "ranker.max_train_users"))
+
+    serving = hs[SERVING]
+    if not evaluate_only:
+        ranker_file = "ranker.json" if lgbm else None
+        if lgbm:
+            stages.append(ranker_stage("ranker", serving_cuts, "ranker.json"))
+        stages.append(Stage(
+            "score", "score",
+            tuple(serving.table(t) for t in (*source_tables, "candidates")) + ("items",)
+            + ((ranker_file,) if ranker_file else ()),
+            ("scored",), partial(_score, h=serving, ranker_file=ranker_file),
+            ("ranking", "fusion", "candidates.popular_window_days")))
+        stages.append(Stage("diversify", "diversify", ("scored", "items"), ("recommendations",),
+                            _diversify, ("diversify",)))
+    if eval_train is not None:
+        eval_ranker = f"{WORK_EVAL}/ranker.json" if lgbm else None
+        if lgbm:
+            stages.append(ranker_stage("ranker@eval", eval_cuts, eval_ranker or ""))
+        stages.append(Stage(
+            "evaluate", "evaluate",
+            tuple(eval_train.table(t) for t in (*source_tables, "candidates", "target"))
+            + ("items",) + ((eval_ranker,) if eval_ranker else ()),
+            ("evaluation",), partial(_evaluate, h=eval_train, ranker_file=eval_ranker),
+            ("ranking", "fusion", "diversify", "candidates.popular_window_days")))
+    return Plan(tuple(stages), tuple(hs.values()))
+
+
+WORK_EVAL = "work/eval"
+
+
+def published_tables(p: Plan) -> list[str]:
+    """The whole-history tables a published run holds."""
+    return [t for s in p.stages for t in s.writes
+            if "/" not in t and not t.endswith(".json")]
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Run fn and return (its result, seconds)."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+__all__ = ["History", "Plan", "Stage", "plan", "published_tables", "table_path"]

@@ -1,0 +1,120 @@
+"""The night's plan: each source once per distinct history, keys that move with their inputs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from features.errors import ConfigError
+from pipelines.nightly import RunConfig, run_nightly
+from pipelines.recommend import runner
+from pipelines.recommend.stages import plan
+from pipelines.store import validate_run_id
+from tests.conftest import tiny_config_dict
+
+
+def test_each_source_runs_once_per_distinct_history() -> None:
+    p = plan(RunConfig())
+    kinds = Counter(s.kind for s in p.stages)
+    # h0 (serving), h1 = the evaluation's train = the ranker's first cut-off, h2, h3.
+    assert kinds["user_neighbours"] == kinds["item_neighbours"] == kinds["als"] == 4
+    assert kinds["candidates"] == 4 and kinds["split"] == 3 and kinds["train_rows"] == 3
+    assert [s.name for s in p.stages if s.kind == "ranker"] == ["ranker", "ranker@eval"]
+    assert {h.name for h in p.histories} == {"h0", "h1", "h2", "h3"}
+    assert p.stage("evaluate").reads[0] == "h1/history"
+    names = [s.name for s in p.stages]
+    assert len(names) == len(set(names))
+
+
+def test_a_different_evaluation_split_gets_its_own_histories() -> None:
+    cfg = RunConfig.from_dict({"evaluation": {"split": {"test_fraction": 0.2}}})
+    hs = {h.name: h for h in plan(cfg).histories}
+    assert hs["e1"].split == "evaluation.split" and hs["e2"].split == "ranker.label_split"
+    assert plan(cfg).stage("evaluate").reads[0] == "e1/history"
+
+
+def test_fusion_without_evaluation_plans_only_the_serving_history() -> None:
+    cfg = RunConfig.from_dict({"ranking": "fusion", "evaluation": {"enabled": False}})
+    assert [s.name for s in plan(cfg).stages] == [
+        "ingest", "user_neighbours", "item_neighbours", "als", "candidates", "score",
+        "diversify"]
+
+
+def keys(cfg: RunConfig) -> dict[str, str]:
+    p = plan(cfg)
+    memo: dict[str, str] = {}
+    return {s.name: runner.stage_key(p, s, cfg, memo) for s in p.stages}
+
+
+def changed(a: RunConfig, b: RunConfig) -> set[str]:
+    ka, kb = keys(a), keys(b)
+    return {n for n in ka if ka[n] != kb.get(n)}
+
+
+def test_stage_keys_change_only_with_their_own_inputs(tmp_path: Path) -> None:
+    raw = tiny_config_dict(tmp_path)
+    base = RunConfig.from_dict(raw)
+    lgbm = RunConfig.from_dict({**raw, "ranker": {"model": {"num_leaves": 7}}})
+    assert changed(base, lgbm) == {"ranker", "score", "diversify", "ranker@eval", "evaluate"}
+    div = RunConfig.from_dict({**raw, "diversify": {"n": 3}})
+    assert changed(base, div) == {"diversify", "evaluate"}
+    als = RunConfig.from_dict({**raw, "als": {"epochs": 3}})
+    assert {n.split("@")[0] for n in changed(base, als)} == {
+        "als", "candidates", "train_rows", "ranker", "score", "diversify", "evaluate"}
+    shards = RunConfig.from_dict({**raw, "shards": {"users": 3}})
+    assert changed(base, shards) == set()  # the output does not depend on the shard size
+
+
+def test_code_keys_cover_only_the_stage_code() -> None:
+    assert not any("generative" in f or "style" in f or "audio" in f
+                   for files in runner.STAGE_CODE.values() for f in files)
+    assert runner.code_version("ingest") != runner.code_version("als")
+
+
+@pytest.mark.slow
+def test_shard_size_does_not_change_the_published_run(tmp_path: Path) -> None:
+    raw = tiny_config_dict(tmp_path)
+    one = run_nightly(RunConfig.from_dict({**raw, "output": {"root": str(tmp_path / "a")}}))
+    many = run_nightly(RunConfig.from_dict({**raw, "shards": {"users": 4},
+                                            "output": {"root": str(tmp_path / "b")}}))
+    for name in ("candidates", "scored", "recommendations", "evaluation"):
+        assert pq.read_table(one.path / f"{name}.parquet").equals(
+            pq.read_table(many.path / f"{name}.parquet")), name
+
+
+def test_partial_config_sections_keep_the_documented_defaults() -> None:
+    cfg = RunConfig.from_dict({"user_neighbours": {"block_elements": 1000},
+                               "item_neighbours": {"shrinkage": 5.0}})
+    assert (cfg.user_neighbours.k, cfg.user_neighbours.min_support) == (50, 5)
+    assert (cfg.item_neighbours.k, cfg.item_neighbours.min_support) == (50, 2)
+    assert cfg.user_neighbours == RunConfig().user_neighbours.model_copy(
+        update={"block_elements": 1000})
+
+
+@pytest.mark.parametrize("bad", [".staging-X", "night.tmp", "../escape", "a/b", "latest",
+                                 "", "x" * 101, "-lead", "has space", "cache"])
+def test_run_ids_are_validated_before_any_work(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid run id"):
+        validate_run_id(bad)
+    cfg = RunConfig.from_dict({**tiny_config_dict(tmp_path),
+                               "output": {"root": str(tmp_path / "out")}})
+    with pytest.raises(ConfigError, match="invalid run id"):
+        run_nightly(cfg, run_id=bad)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.parametrize("good", ["2026-12-01", "nightly_01", "A", "20261201T010203Z-abc123"])
+def test_good_run_ids_pass(good: str) -> None:
+    assert validate_run_id(good) == good
+
+
+def test_a_used_run_id_fails_before_the_work(tmp_path: Path) -> None:
+    raw = tiny_config_dict(tmp_path)
+    raw["ranking"], raw["evaluation"] = "fusion", {"enabled": False}
+    cfg = RunConfig.from_dict(raw)
+    run_nightly(cfg, run_id="once")
+    with pytest.raises(ConfigError, match="already used"):
+        run_nightly(cfg, run_id="once")
