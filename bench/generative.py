@@ -6,8 +6,9 @@
 - VAE: validation negative ELBO (nats/image) of VAEConfig() next to the classic 784-400-20 VAE
   of the PyTorch examples, trained the same way (same split, epochs, batch size, Adam 1e-3).
 - RealNVP: validation bits/dim on dequantised MNIST, test NLL on two moons, inverse error.
-- GAN: share of generated digits that a small CNN trained on the real training split labels with
-  confidence > 0.9, next to the same share for real validation digits (the reference).
+- GAN: share of generated digits that the shipped digit classifier (models/generative/classifier.py,
+  trained once on the real training split) labels with confidence > 0.9, next to the same share
+  for real validation digits (the reference), plus a Fréchet distance on its features.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.generative.classifier import WEIGHTS, digit_split, load_judge  # noqa: E402
+from models.generative.gan import GANTrainer  # noqa: E402
 from models.generative.realnvp import RealNVPConfig  # noqa: E402
 from models.generative.training import TrainConfig, evaluate_in_batches, fit  # noqa: E402
 from models.generative.vae import VAEConfig  # noqa: E402
@@ -107,62 +110,6 @@ class ReferenceTrainer:
         pass
 
 
-class DigitClassifier(nn.Module):
-    """A small CNN digit classifier used only to judge GAN samples."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 7, 7)
-            nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
-            nn.Linear(128, 10),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
-def train_classifier(device: torch.device, epochs: int, seed: int = 0,
-                     ) -> tuple[DigitClassifier, float, Tensor]:
-    """Train on the GAN config's training split; return it, validation accuracy, val images."""
-    from features.mnist import load_mnist, split_indices
-
-    images, labels = load_mnist()
-    cfg = make_config("gan")
-    split = split_indices(len(images), val_fraction=cfg.val_fraction, seed=cfg.seed)
-    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
-    y = torch.from_numpy(labels)
-    xt, yt = x[split.train].to(device), y[split.train].to(device)
-    xv, yv = x[split.validation].to(device), y[split.validation].to(device)
-    seed_everything(seed)
-    model = DigitClassifier().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(xt), generator=g).split(64):
-            idx = idx.to(device)
-            # light augmentation: random shifts of up to 2 pixels
-            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
-            batch = torch.roll(xt[idx], shifts=(dy, dx), dims=(2, 3))
-            loss = F.cross_entropy(model(batch), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(xv).argmax(1) == yv).float().mean())
-    return model, acc, xv
-
-
-@torch.no_grad()
-def confident_share(classifier: nn.Module, images: Tensor, threshold: float = 0.9) -> float:
-    """Share of `images` whose top class probability exceeds `threshold`."""
-    probs = torch.cat([F.softmax(classifier(c), dim=1) for c in images.split(512)])
-    return float((probs.max(1).values > threshold).float().mean())
-
-
 def bench_vae(device: torch.device, epochs: int, root: Path) -> None:
     started = time.perf_counter()
     ours = train_model("vae", make_config("vae", {"epochs": epochs}), device=device, root=root)
@@ -227,28 +174,50 @@ def gaussian_nll(over: dict[str, Any]) -> float:
     return float(-dist.log_prob(val.double()).mean())
 
 
-def bench_gan(device: torch.device, epochs: int | None, root: Path, clf_epochs: int,
+def bench_gan(device: torch.device, epochs: int | None, root: Path,
               saturating_epochs: int) -> None:
-    clf, acc, xv = train_classifier(device, clf_epochs)
-    real_share = confident_share(clf, xv)
-    print(f"\n[gan] digit classifier: val accuracy {acc:.4f}; real validation digits with "
-          f"confidence > 0.9: {real_share:.3f} (the reference)")
+    judge = load_judge(str(device))
+    xt, _, xv, yv = digit_split()
+    real = judge.score(xv, yv)
+    train_fd = judge.score(xt[: len(xv)])["feature_distance"]
+    print(f"\n[gan] shipped classifier ({WEIGHTS.name}): validation accuracy "
+          f"{real['label_agreement']:.4f}; real validation digits with confidence > 0.9: "
+          f"{real['confident_share']:.3f} (the reference); feature distance of {len(xv)} real "
+          f"training digits to the validation digits: {train_fd:.2f}")
     runs = [{"epochs": epochs} if epochs else {}]
     if saturating_epochs:
         runs.append({"epochs": saturating_epochs, "generator_loss": "saturating",
                      "log_every": 25})
     for over in runs:
         started = time.perf_counter()
+        cpu_started = time.process_time()
         gan = train_model("gan", make_config("gan", over), device=device, root=root)
         gan_s = time.perf_counter() - started
-        trainer = load_trained(gan.checkpoint, device)
-        seed_everything(123)
-        samples = torch.cat([trainer.sample(500) for _ in range(4)]).to(device)
-        fake_share = confident_share(clf, samples)
-        cfg = trainer.config
-        print(f"[gan] {cfg.epochs} epochs, {cfg.generator_loss} loss, {gan_s:.0f}s on {device}: "
-              f"generated digits with confidence > 0.9: {fake_share:.3f} (n={len(samples)}); "
-              f"ratio to real {fake_share / real_share:.3f}; samples {gan.images['samples']}")
+        cpu_s = time.process_time() - cpu_started
+        cfg = load_trained(gan.checkpoint, device).config
+        print(f"[gan] {cfg.epochs} epochs, {cfg.generator_loss} loss, conditional "
+              f"{cfg.conditional}: {gan_s:.0f}s wall, {cpu_s:.0f} CPU s "
+              f"({torch.get_num_threads()} thread(s)) on {device}; samples {gan.images['samples']}")
+        cum = 0.0
+        print("  epoch  confident  label agree  feature dist  cumulative train CPU s")
+        for row in gan.epoch_rows:
+            cum += row["train_cpu_seconds"]
+            print(f"  {int(row['epoch']):5d}  {row['val_confident_share']:9.3f}  "
+                  f"{row.get('val_label_agreement', float('nan')):11.3f}  "
+                  f"{row['val_feature_distance']:12.2f}  {cum:8.0f}")
+        checkpoints = {"last": gan.checkpoint, "best": gan.best_checkpoint}
+        for which, path in checkpoints.items():
+            if path is None:
+                continue
+            trainer = load_trained(path, device)
+            assert isinstance(trainer, GANTrainer)
+            q = trainer.sample_quality(2000, seed=123)  # fresh noise, not the per-epoch z
+            epoch = gan.quality["best_epoch"] if which == "best" else cfg.epochs
+            print(f"  {which} checkpoint (epoch {epoch}): "
+                  f"{q['confident_share']:.3f} of 2000 generated digits with confidence > 0.9 "
+                  f"(ratio to real {q['confident_share'] / real['confident_share']:.3f}); "
+                  f"label agreement {q.get('label_agreement', float('nan')):.3f}; feature "
+                  f"distance {q['feature_distance']:.2f}")
         print_gradient_log(gan.folder)
 
 
@@ -270,7 +239,6 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
     parser.add_argument("--vae-epochs", type=int, default=10)
-    parser.add_argument("--classifier-epochs", type=int, default=10)
     parser.add_argument("--gan-saturating-epochs", type=int, default=3,
                         help="also train this many epochs with the saturating loss (0: skip)")
     parser.add_argument("--output", type=Path, default=None, help="keep runs here (default tmp)")
@@ -286,7 +254,7 @@ def main() -> None:
     if "realnvp" in which:
         bench_realnvp(device, args.epochs, root)
     if "gan" in which:
-        bench_gan(device, args.epochs, root, args.classifier_epochs, args.gan_saturating_epochs)
+        bench_gan(device, args.epochs, root, args.gan_saturating_epochs)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ from features.mnist import load_mnist, split_indices, two_moons
 from models.generative.gan import GANConfig, GANTrainer
 from models.generative.realnvp import RealNVPConfig, RealNVPTrainer
 from models.generative.training import (
+    Batch,
     FitState,
     GenerativeTrainer,
     TrainConfig,
     checkpoint_payload,
     fit,
+    size_of,
 )
 from models.generative.vae import VAEConfig, VAETrainer
 from models.torch_utils import (
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 TOPIC = "generative"
 CHECKPOINT = "checkpoint.pt"
+BEST_CHECKPOINT = "best.pt"
 RESUME_CHECKPOINT = "last.pt"
 
 
@@ -110,21 +113,53 @@ def load_config(model_name: str, path: Path | None = None,
     return make_config(model_name, values, source=source)
 
 
-def load_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and validation tensors on the CPU, split with the config's seed.
+def load_data(config: TrainConfig) -> tuple[Any, Any]:
+    """Train and validation data on the CPU, split with the config's seed.
 
-    MNIST: (N, 1, 28, 28) grey levels in [0, 1]. Two moons (RealNVP only): (N, 2) points.
+    MNIST: (N, 1, 28, 28) grey levels in [0, 1]; for a conditional GAN, (images, labels (N,))
+    pairs. Two moons (RealNVP only): (N, 2) points.
     """
+    labels: torch.Tensor | None = None
     if isinstance(config, RealNVPConfig) and config.dataset == "moons":
         data = torch.from_numpy(two_moons(config.moons_n, noise=config.moons_noise,
                                           seed=config.seed))
     else:
-        images, _ = load_mnist()
+        images, digit_labels = load_mnist()
         data = torch.from_numpy(images).float().div_(255).unsqueeze(1)  # (N, 1, 28, 28)
+        if isinstance(config, GANConfig) and config.conditional:
+            labels = torch.from_numpy(digit_labels)
     split = split_indices(len(data), val_fraction=config.val_fraction, seed=config.seed)
-    train = data[torch.from_numpy(split.train)][: config.max_train]
-    val = data[torch.from_numpy(split.validation)][: config.max_val]
-    return train, val
+    tr, va = torch.from_numpy(split.train), torch.from_numpy(split.validation)
+    train = data[tr][: config.max_train]
+    val = data[va][: config.max_val]
+    if labels is None:
+        return train, val
+    return (train, labels[tr][: config.max_train]), (val, labels[va][: config.max_val])
+
+
+def to_device(data: Batch, device: torch.device) -> Batch:
+    """A tensor or an (images, labels) pair moved to `device`."""
+    if isinstance(data, torch.Tensor):
+        return data.to(device)
+    return (data[0].to(device), data[1].to(device))
+
+
+def images_of(data: Batch) -> torch.Tensor:
+    """The images (or points) of a tensor or an (images, labels) pair."""
+    return data if isinstance(data, torch.Tensor) else data[0]
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What a caller (the Prefect flow) hears after every epoch: progress and the quality metric."""
+
+    model: str
+    epoch: int
+    epochs: int
+    row: dict[str, float]
+    quality_metric: str
+    best_epoch: int
+    best_value: float | None
 
 
 @dataclass
@@ -140,6 +175,9 @@ class TrainResult:
     final: dict[str, float]
     resumed_from_epoch: int
     epoch_rows: list[dict[str, float]] = field(default_factory=list)
+    best_checkpoint: Path | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
+    """The quality metric's name, direction, description, best epoch and value, last value."""
 
 
 def work_dir(root: Path, model_name: str) -> Path:
@@ -149,8 +187,14 @@ def work_dir(root: Path, model_name: str) -> Path:
 
 def train_model(model_name: str, config: TrainConfig, *, device: str | torch.device = "auto",
                 root: Path = Path("."), run_id: str | None = None,
-                show_progress: bool = False) -> TrainResult:
+                show_progress: bool = False,
+                on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
     """Train `model_name` and publish `runs/<run_id>/generative/<model>/` under `root`.
+
+    After every epoch the model's quality metric (VAE: validation negative ELBO; RealNVP:
+    bits/dim, or NLL on moons; GAN: the shipped classifier's confident-digit share) lands in
+    the epoch row, the best epoch's checkpoint is kept as `best.pt` besides the last one
+    (`checkpoint.pt`), and `on_epoch` (if given) hears an `EpochReport`.
 
     Resume rule: after every epoch the full training state goes to
     `runs/.work/generative/<model>/last.pt`. A later call for the same model whose config
@@ -170,18 +214,28 @@ def train_model(model_name: str, config: TrainConfig, *, device: str | torch.dev
         trainer = spec.trainer(config, dev)
         state = _resume(wd / RESUME_CHECKPOINT, model_name, config, trainer, dev)
         resumed_from = state.epoch if state else 0
-        train, val = (t.to(dev) for t in load_data(config))
-        log.info("%s: %d train / %d validation rows on %s, config %s", model_name, len(train),
-                 len(val), dev, config.config_hash())
+        train, val = (to_device(t, dev) for t in load_data(config))
+        log.info("%s: %d train / %d validation rows on %s, config %s; quality metric %s (%s)",
+                 model_name, size_of(train), size_of(val), dev, config.config_hash(),
+                 trainer.quality.metric, trainer.quality.description)
+        if state is None:
+            (wd / BEST_CHECKPOINT).unlink(missing_ok=True)  # a fresh run: no stale best
 
-        def keep(st: FitState) -> None:
-            save_checkpoint(wd / RESUME_CHECKPOINT, _payload(model_name, trainer, st))
+        def keep(st: FitState, is_best: bool) -> None:
+            payload = _payload(model_name, trainer, st)
+            if is_best:
+                save_checkpoint(wd / BEST_CHECKPOINT, payload)
+            save_checkpoint(wd / RESUME_CHECKPOINT, payload)
+            if on_epoch is not None:
+                on_epoch(EpochReport(model_name, st.epoch, config.epochs, st.epoch_rows[-1],
+                                     trainer.quality.metric, st.best_epoch, st.best_value))
 
         state = fit(trainer, train, val, state=state, on_epoch_end=keep,
                     show_progress=show_progress, label=model_name)
-        result = _publish(model_name, trainer, state, val, Path(root), run_id or new_run_id(),
-                          dev, resumed_from)
+        result = _publish(model_name, trainer, state, images_of(val), Path(root),
+                          run_id or new_run_id(), dev, resumed_from, wd / BEST_CHECKPOINT)
         (wd / RESUME_CHECKPOINT).unlink(missing_ok=True)
+        (wd / BEST_CHECKPOINT).unlink(missing_ok=True)
     return result
 
 
@@ -215,10 +269,14 @@ def _resume(path: Path, model_name: str, config: TrainConfig, trainer: Generativ
 
 
 def _publish(model_name: str, trainer: GenerativeTrainer, state: FitState, val: torch.Tensor,
-             root: Path, run_id: str, device: torch.device, resumed_from: int) -> TrainResult:
+             root: Path, run_id: str, device: torch.device, resumed_from: int,
+             best: Path) -> TrainResult:
     run = RunFolder(root, run_id).create()
     sub = (TOPIC, model_name)
     save_checkpoint(run.path(*sub, CHECKPOINT), _payload(model_name, trainer, state))
+    has_best = best.is_file()
+    if has_best:
+        write_bytes_atomic(best.read_bytes(), run.path(*sub, BEST_CHECKPOINT))
     write_parquet_atomic(_rows_table(state.epoch_rows), run.path(*sub, "metrics.parquet"))
     write_parquet_atomic(_rows_table(state.step_rows), run.path(*sub, "steps.parquet"))
     images: dict[str, bytes] = {}
@@ -226,7 +284,8 @@ def _publish(model_name: str, trainer: GenerativeTrainer, state: FitState, val: 
     if samples.dim() == 2:  # 2-D toy data: scatter of the samples over the validation points
         images["samples"] = scatter_png(val.cpu().numpy(), samples.numpy())
     else:
-        images["samples"] = png_bytes(image_grid(samples.numpy()))
+        conditional = isinstance(trainer.config, GANConfig) and trainer.config.conditional
+        images["samples"] = png_bytes(image_grid(samples.numpy(), nrow=10 if conditional else 8))
     if isinstance(trainer, VAETrainer):
         width = min(8, len(val))
         originals = val[: min(32, len(val)) // width * width].cpu()
@@ -238,17 +297,23 @@ def _publish(model_name: str, trainer: GenerativeTrainer, state: FitState, val: 
     for name, data in images.items():
         write_bytes_atomic(data, run.path(*sub, f"{name}.png"))
     final = state.epoch_rows[-1] if state.epoch_rows else {}
+    q = trainer.quality
+    quality = {"metric": q.metric, "mode": q.mode, "description": q.description,
+               "best_epoch": state.best_epoch, "best": state.best_value,
+               "last": final.get(q.metric)}
     manifest = {"kind": TOPIC, "model": model_name, "run_id": run_id, "device": str(device),
                 "config": trainer.config.model_dump(mode="json"),
                 "config_hash": trainer.config.config_hash(), "epochs": state.epoch,
                 "steps": state.step, "resumed_from_epoch": resumed_from, "final": final,
+                "quality": quality,
                 "files": sorted(p.relative_to(run.staging).as_posix()
                                 for p in run.path(*sub).iterdir())}
     folder = run.publish(manifest, update_latest=False).joinpath(*sub)
     log.info("%s: published %s", model_name, folder)
     return TrainResult(model_name, run_id, folder, folder / CHECKPOINT, folder / "metrics.parquet",
                        {k: folder / f"{k}.png" for k in images}, final, resumed_from,
-                       list(state.epoch_rows))
+                       list(state.epoch_rows), folder / BEST_CHECKPOINT if has_best else None,
+                       quality)
 
 
 def load_trained(path: Path, device: str | torch.device = "cpu") -> GenerativeTrainer:

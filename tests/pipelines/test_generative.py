@@ -35,8 +35,9 @@ TINY: dict[str, dict[str, Any]] = {
     "realnvp": {"epochs": 2, "max_train": 64, "max_val": 32, "batch_size": 32, "log_every": 2,
                 "n_couplings": 2, "hidden_size": 16, "n_hidden": 1, "n_samples": 8},
     "gan": {"epochs": 2, "max_train": 64, "max_val": 32, "batch_size": 32, "log_every": 1,
-            "width": 4, "latent_size": 8, "n_samples": 8},
+            "width": 4, "latent_size": 8, "n_samples": 8, "quality_samples": 20},
 }
+QUALITY = {"vae": "val_loss", "realnvp": "val_bpd", "gan": "val_confident_share"}
 MOONS = {"dataset": "moons", "moons_n": 200, "epochs": 2, "batch_size": 50, "n_couplings": 2,
          "hidden_size": 16, "n_samples": 50, "log_every": 1}
 
@@ -102,6 +103,12 @@ def test_load_data_shapes_and_limits() -> None:
     assert 0 <= float(train.min()) and float(train.max()) <= 1
     train, val = load_data(make_config("realnvp", MOONS))
     assert train.shape == (160, 2) and val.shape == (40, 2)
+    (images, labels), (val_images, val_labels) = load_data(
+        make_config("gan", {"max_train": 10, "max_val": 5}))  # conditional: labelled pairs
+    assert images.shape == (10, 1, 28, 28) and labels.shape == (10,)
+    assert val_images.shape == (5, 1, 28, 28) and val_labels.dtype == torch.int64
+    plain, _ = load_data(make_config("gan", {"max_train": 10, "conditional": False}))
+    assert torch.equal(plain, images)
 
 
 # --- configs ---------------------------------------------------------------------------------
@@ -149,21 +156,42 @@ def test_train_model_publishes_checkpoint_metrics_and_images(model: str, tmp_pat
     res = train_model(model, cfg, device="cpu", root=tmp_path, run_id=f"r-{model}")
     folder = tmp_path / "runs" / f"r-{model}" / "generative" / model
     assert res.folder == folder and res.resumed_from_epoch == 0
-    expected = {"checkpoint.pt", "metrics.parquet", "steps.parquet", "samples.png"}
+    expected = {"checkpoint.pt", "best.pt", "metrics.parquet", "steps.parquet", "samples.png"}
     if model == "vae":
         expected.add("reconstructions.png")
     assert {p.name for p in folder.iterdir()} == expected
     metrics = pq.read_table(folder / "metrics.parquet").to_pylist()
     assert [row["epoch"] for row in metrics] == [1.0, 2.0]
-    assert {"train_loss", "val_loss", "examples_per_s"} <= set(metrics[0])
+    assert {"train_loss", "val_loss", "examples_per_s", "train_cpu_seconds"} <= set(metrics[0])
+    metric = QUALITY[model]
+    assert all(np.isfinite(row[metric]) for row in metrics)  # the quality metric every epoch
     png = Image.open(io.BytesIO((folder / "samples.png").read_bytes()))
     assert png.format == "PNG" and png.size[0] > 28
     manifest = json.loads((tmp_path / "runs" / f"r-{model}" / "manifest.json").read_text())
     assert manifest["model"] == model and manifest["config_hash"] == cfg.config_hash()
+    assert manifest["quality"]["metric"] == metric == res.quality["metric"]
+    assert manifest["quality"]["last"] == metrics[-1][metric]
     assert not (work_dir(tmp_path, model) / RESUME_CHECKPOINT).exists()  # finished: no resume
     loaded = load_trained(res.checkpoint)  # the checkpoint alone rebuilds the model
     assert loaded.config == cfg
     assert loaded.sample(2).shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_best_checkpoint_is_the_best_epoch_by_the_quality_metric(model: str,
+                                                                  tmp_path: Path) -> None:
+    cfg = make_config(model, {**TINY[model], "epochs": 3})
+    res = train_model(model, cfg, device="cpu", root=tmp_path)
+    metric, mode = res.quality["metric"], res.quality["mode"]
+    values = [row[metric] for row in res.epoch_rows]
+    best = (min if mode == "min" else max)(values)
+    assert res.quality["best"] == best and values[res.quality["best_epoch"] - 1] == best
+    assert values.index(best) + 1 == res.quality["best_epoch"]  # first epoch to reach it
+    assert res.best_checkpoint is not None
+    ckpt = torch.load(res.best_checkpoint, weights_only=True)
+    assert ckpt["fit"]["epoch"] == res.quality["best_epoch"] and ckpt["model"] == model
+    assert load_trained(res.best_checkpoint).config == cfg  # the best loads like the last
+    assert not (work_dir(tmp_path, model) / "best.pt").exists()  # published, then cleaned up
 
 
 def test_gan_step_log_carries_both_gradient_norms(tmp_path: Path) -> None:
@@ -194,7 +222,8 @@ def test_rerun_resumes_after_the_last_finished_epoch(tmp_path: Path,
 
     def save_then_die(path: Path, payload: dict[str, Any]) -> Path:
         real_save(path, payload)
-        saves.append(path)
+        if path.name == RESUME_CHECKPOINT:
+            saves.append(path)
         if len(saves) == 2:  # two epochs done, then the worker dies
             raise Killed
         return path
@@ -243,6 +272,7 @@ def test_train_model_checks_its_arguments(tmp_path: Path) -> None:
 def test_train_model_on_cuda(model: str, tmp_path: Path) -> None:
     assert "cuda" in cuda_devices()
     res = train_model(model, make_config(model, TINY[model]), device="cuda", root=tmp_path)
+    assert res.quality["best_epoch"] >= 1
     assert json.loads((res.folder.parents[1] / "manifest.json").read_text())["device"] == "cuda"
     assert load_trained(res.checkpoint, "cpu").sample(2).shape == (2, 1, 28, 28)
 
