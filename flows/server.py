@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -184,8 +184,18 @@ class TemporaryServer:
                 self.log_path.unlink()
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+def _stop_on_sigterm(server: TemporaryServer) -> Callable[[int, FrameType | None], None]:
+    """A SIGTERM handler: signal the server at once, then unwind (`finally` blocks run)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough
+        proc = server.process
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        raise SystemExit(128 + signum)
+
+    return handler
 
 
 def _drain_prefect_clients() -> None:
@@ -206,6 +216,8 @@ def prefect_api() -> Iterator[str]:
     PrefectServerError says how to proceed. Without it a supervised temporary server is
     started and stopped again on exit, on Ctrl-C and on SIGTERM (a service manager's stop).
     """
+    import prefect.main  # noqa: F401  Prefect's logging setup: our lines print in its format
+
     url = configured_api_url()
     if url is not None:
         check_reachable(url)
@@ -217,7 +229,7 @@ def prefect_api() -> Iterator[str]:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
     if main and previous in (signal.SIG_DFL, None):  # SIGTERM -> SystemExit: `finally` runs
-        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        signal.signal(signal.SIGTERM, _stop_on_sigterm(server))
     try:
         server.start()
         os.environ["PREFECT_API_URL"] = server.api_url  # for anything that reads the env

@@ -46,6 +46,8 @@ def configure_process(verbosity: Verbosity | None = None) -> None:
     # telemetry heartbeat (its "database is locked" traceback) and time to migrate the database.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # our loggers also log outside flow runs (server start, CLI checks): no API warning then
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     if _verbosity is Verbosity.QUIET:
         os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # no per-task "Finished" lines either
     for name in PROJECT_LOGGERS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -187,3 +188,89 @@ def test_nightly_flow_against_a_real_prefect_server(
     assert [r.stage for r in again.reports if not r.cached] == []
     assert pq.read_table(again.path / "recommendations.parquet").equals(
         pq.read_table(published / "recommendations.parquet"))
+
+
+# --- The temporary server `recsys run` starts when PREFECT_API_URL is not set -----------------
+
+READY = re.compile(r"temporary Prefect server ready on (\S+) \(pid (\d+)\)")
+
+
+@pytest.fixture(scope="module")
+def temp_server_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A client environment with no PREFECT_API_URL and a PREFECT_HOME shared by these tests."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = server_env(home)
+    env.pop("PREFECT_SERVER_ANALYTICS_ENABLED")  # recsys must switch telemetry off itself
+    return env
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie nobody reaped yet counts as dead)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] not in ("Z", "X")
+
+
+def wait_dead(pid: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_first_run_without_api_url_is_clean(temp_server_env: dict[str, str],
+                                            tmp_path: Path) -> None:
+    """No traceback and no ERROR line; our stage logs show; the server is gone afterwards."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(to_toml(tiny_config_dict(tmp_path)))
+    done = subprocess.run([sys.executable, "-m", "flows", "run", "--config", str(config)],
+                          cwd=tmp_path, env=temp_server_env, capture_output=True, text=True,
+                          timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "Traceback" not in out and "ERROR" not in out, out
+    assert re.search(r"pipelines\S* - stage ingest", out), out  # INFO from our loggers
+    ready = READY.search(out)
+    assert ready, out
+    assert wait_dead(int(ready.group(2)), timeout=15)
+    assert latest_run(tmp_path / "out") is not None
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_temporary_server_dies_with_recsys(temp_server_env: dict[str, str], tmp_path: Path,
+                                           sig: signal.Signals) -> None:
+    """Kill `recsys run` once its server is up: the server must not outlive it (no orphans)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(to_toml(tiny_config_dict(tmp_path)))
+    proc = subprocess.Popen([sys.executable, "-m", "flows", "run", "--config", str(config)],
+                            cwd=tmp_path, env=temp_server_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if ready := READY.search(line):
+                break
+        else:
+            pytest.fail("no server came up:\n" + "".join(seen[-30:]))
+        server_pid = int(ready.group(2))
+        assert alive(server_pid)
+        proc.send_signal(sig)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (-sig, 128 + sig), (proc.returncode, rest[-3000:])
+    assert wait_dead(server_pid), f"temporary server {server_pid} outlived recsys"
+    if sig == signal.SIGTERM:  # a service manager's stop: a clean exit, not a traceback
+        assert "Traceback" not in rest, rest
