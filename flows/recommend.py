@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,14 @@ def stage_task(name: str, staging: Path, cfg: RunConfig, evaluate_only: bool = F
                ) -> StageReport:
     """Run one stage of the nightly plan over the run's staging folder (or reuse its cache)."""
     p = plan(cfg, evaluate_only=evaluate_only)
-    return execute(p, p.stage(name), staging, cfg)
+    engine = None
+    if cfg.engine.kind == "dask":  # the flow's client, shared by the task threads
+        from distributed import default_client
+
+        from pipelines.recommend.dask_engine import DaskEngine
+
+        engine = DaskEngine(default_client())
+    return execute(p, p.stage(name), staging, cfg, engine)
 
 
 def _submit_all(p: Plan, run: RunFolder, cfg: RunConfig, evaluate_only: bool
@@ -98,6 +107,24 @@ def publish_artifacts(result: RunResult) -> None:
                              description="Where tonight's recommendations are")
 
 
+@contextlib.contextmanager
+def _cluster(cfg: RunConfig) -> Iterator[None]:
+    """With engine.kind = "dask", a Dask client for the run (the cluster is Dask's own)."""
+    if cfg.engine.kind != "dask":
+        yield
+        return
+    from pipelines.recommend.dask_engine import connect
+
+    client = connect(cfg.engine)
+    cluster = getattr(client, "cluster", None) if cfg.engine.address is None else None
+    try:
+        yield
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def _summary(result: RunResult) -> dict[str, object]:
     return {"run_id": result.run_id, "path": str(result.path),
             "stages": [r.__dict__ for r in result.reports]}
@@ -120,7 +147,8 @@ def nightly_recommendations(config_path: Path | None = None, run_id: str | None 
     run_id: the published folder's name under runs/ (default: a time-stamped id).
     """
     cfg = config or (RunConfig.from_toml(config_path) if config_path else RunConfig())
-    result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, False))
+    with _cluster(cfg):
+        result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, False))
     publish_artifacts(result)
     return _summary(result)
 
@@ -131,7 +159,8 @@ def offline_evaluation(config: RunConfig | None = None, run_id: str | None = Non
                        ) -> dict[str, object]:
     """Ingest, then compare every approach under the fixed hold-out protocol."""
     cfg = config or RunConfig()
-    result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, True),
-                      evaluate_only=True)
+    with _cluster(cfg):
+        result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, True),
+                          evaluate_only=True)
     publish_artifacts(result)
     return _summary(result)

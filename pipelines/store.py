@@ -206,7 +206,7 @@ class RunFolder:
         os.replace(self.staging, self.final)
         _fsync_dir(self.final.parent)
         if update_latest:
-            point_latest(self.root / "runs", self.run_id)
+            point_latest(self.root, self.run_id)
         return self.final
 
     def discard(self) -> None:
@@ -214,12 +214,40 @@ class RunFolder:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def point_latest(runs_dir: Path, run_id: str) -> None:
-    """Atomically repoint `runs/latest` (a relative symlink) at `run_id`."""
-    tmp = runs_dir / f".{LATEST}.{uuid.uuid4().hex[:8]}.tmp"
-    os.symlink(run_id, tmp)
-    os.replace(tmp, runs_dir / LATEST)
-    _fsync_dir(runs_dir)
+def point_latest(root: Path, run_id: str) -> None:
+    """Atomically repoint `<root>/latest` (a relative symlink) at `runs/<run_id>`.
+
+    The link lives beside `runs/`, not in it, so `runs/*/recommendations.parquet` matches
+    every published run exactly once.
+    """
+    tmp = root / f".{LATEST}.{uuid.uuid4().hex[:8]}.tmp"
+    os.symlink(f"runs/{run_id}", tmp)
+    os.replace(tmp, root / LATEST)
+    _fsync_dir(root)
+    legacy = root / "runs" / LATEST  # where earlier versions kept it
+    if legacy.is_symlink():
+        legacy.unlink()
+
+
+def check_output_root(root: Path) -> None:
+    """Fail before any work when the output root cannot hold runs: name the path and the fix."""
+    from features.errors import ConfigError
+
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output root {root} is a file, not a folder; remove it or choose "
+                          "another --output")
+    for name in ("runs", "cache"):
+        if (root / name).exists() and not (root / name).is_dir():
+            raise ConfigError(f"{root / name} is a file where the output needs a folder; move "
+                              "it away or choose another --output")
+    if (root / ".lock").is_dir():
+        raise ConfigError(f"{root / '.lock'} is a folder where the run lock file goes; remove "
+                          "it (no run holds it) or choose another --output")
+    link = root / LATEST
+    if link.exists() and not link.is_symlink():
+        raise ConfigError(f"{link} is a real file or folder, so the newest run cannot be "
+                          "linked there; move it away (published runs are under runs/)")
 
 
 def clean_stale(root: Path) -> list[Path]:
@@ -238,14 +266,16 @@ def clean_stale(root: Path) -> list[Path]:
     for tmp in runs.glob("*/**/.*.tmp"):
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
+    for tmp in root.glob(f".{LATEST}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
     return removed
 
 
 def latest_run(root: Path) -> Path | None:
-    """The folder `runs/latest` points at, or None before the first published run."""
-    link = Path(root) / "runs" / LATEST
-    return link.resolve() if link.exists() else None
-
+    """The run folder `<root>/latest` points at, or None before the first published run."""
+    link = Path(root) / LATEST
+    return link.resolve() if link.is_symlink() and link.exists() else None
 
 
 def fault_point(name: str) -> None:

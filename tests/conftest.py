@@ -131,3 +131,11 @@ def to_toml(doc: Mapping[str, Any], prefix: str = "") -> str:
         else:
             out += f"\n[{name}]\n{to_toml(value, f'{name}.')}"
     return out
+
+
+def published(run: Path, name: str) -> Any:
+    """A published table without its `run_id` column, to compare runs with each other."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(run) / f"{name}.parquet")
+    return table.drop_columns(["run_id"]) if "run_id" in table.column_names else table

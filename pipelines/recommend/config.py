@@ -15,6 +15,7 @@ from pipelines import candidates as cand
 from pipelines import diversify as div
 from pipelines import ingest, offline
 from pipelines import ranking as rk
+from pipelines.recommend.dask_engine import EngineConfig
 
 
 class UserNeighboursConfig(PearsonConfig):
@@ -91,6 +92,8 @@ class RunConfig(BaseModel):
     """User shards (memory bound)."""
     output: OutputConfig = Field(default_factory=OutputConfig)
     """Output folder settings."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """Where the stages and their shards run (one process, Prefect tasks, a Dask cluster)."""
 
     def candidate_settings(self) -> rk.CandidateSettings:
         """The candidate-generation part of this config."""

@@ -20,7 +20,7 @@ from pipelines import diversify as div
 from pipelines import ingest, offline
 from pipelines.neighbours import neighbours_schema
 from pipelines.recommend.config import RunConfig
-from pipelines.recommend.stages import Plan, published_tables
+from pipelines.recommend.stages import RECOMMENDATIONS_SCHEMA, RUN_ID, Plan, published_tables
 from pipelines.recommend.tables import WORK, parts_dir, table_path
 from pipelines.store import MANIFEST, RunFolder, write_parquet_atomic
 
@@ -32,7 +32,7 @@ EXPECTED: dict[str, pa.Schema] = {
     "item_neighbours": neighbours_schema("item_id"),
     "candidates": cand.CANDIDATES_SCHEMA,
     "scored": div.SCORED_SCHEMA,
-    "recommendations": div.RECOMMENDATIONS_SCHEMA,
+    "recommendations": RECOMMENDATIONS_SCHEMA,
     "evaluation": offline.EVALUATION_SCHEMA,
 }
 
@@ -112,6 +112,21 @@ def combine_parts(folder: Path, name: str) -> None:
     shutil.rmtree(parts_dir(folder, name))
 
 
+def add_run_id(path: Path, run_id: str) -> None:
+    """Rewrite a table with a constant `run_id` column, one row group at a time."""
+    source = pq.ParquetFile(path)
+    schema = source.schema_arrow.append(pa.field(RUN_ID, pa.string(), nullable=False))
+    tmp = path.with_name(f".{path.name}.run_id.tmp")
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        if source.metadata.num_row_groups == 0:
+            writer.write_table(schema.empty_table())
+        for g in range(source.metadata.num_row_groups):
+            part = source.read_row_group(g)
+            writer.write_table(part.append_column(
+                schema.field(RUN_ID), pa.array([run_id] * part.num_rows, pa.string())))
+    tmp.replace(path)
+
+
 def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any]) -> None:
     """Make the staging folder what will be published, and verify every table in it.
 
@@ -125,6 +140,8 @@ def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any]) -> None:
             combine_parts(folder, name)
     shutil.rmtree(folder / WORK, ignore_errors=True)
     for name in published_tables(p):
+        add_run_id(table_path(folder, name), run.run_id)
+    for name in published_tables(p):
         path = table_path(folder, name)
         try:
             meta = pq.read_metadata(path)
@@ -135,6 +152,8 @@ def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any]) -> None:
             raise OSError(f"{path} holds {meta.num_rows} rows, its stage wrote "
                           f"{manifest['rows'][name]}")
         want = EXPECTED.get(name)
+        if want is not None:
+            want = want.append(pa.field(RUN_ID, pa.string(), nullable=False))
         if want is not None and not schema.remove_metadata().equals(want, check_metadata=False):
             raise OSError(f"{path} schema differs from the {name} contract:\n{schema}\n"
                           f"expected\n{want}")

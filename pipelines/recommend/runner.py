@@ -20,8 +20,10 @@ from pipelines.recommend.config import RunConfig, section
 from pipelines.recommend.engine import Engine, LocalEngine
 from pipelines.recommend.stages import Plan, Stage, plan
 from pipelines.recommend.tables import StageIO
+from pipelines.recommend.warehouse import refresh_views
 from pipelines.store import (
     RunFolder,
+    check_output_root,
     clean_stale,
     fault_point,
     new_run_id,
@@ -142,10 +144,28 @@ def sequential(call: Call) -> Runner:
 
 def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: bool = False,
                 engine: Engine | None = None) -> RunResult:
-    """Run every stage in order and publish, without Prefect (tests, scripts, debugging)."""
+    """Run every stage in order and publish, without Prefect (tests, scripts, debugging).
+
+    With `engine.kind = "dask"` and no `engine` given, shard work goes to the configured
+    cluster (a LocalCluster started and stopped here when no address is set).
+    """
+    client = None
+    if engine is None and cfg.engine.kind == "dask":
+        from pipelines.recommend.dask_engine import DaskEngine, connect
+
+        client = connect(cfg.engine)
+        engine = DaskEngine(client)
+
     def call(stage: Stage, run: RunFolder) -> StageReport:
         return execute(plan(cfg, evaluate_only=evaluate_only), stage, run.staging, cfg, engine)
-    return run_with(cfg, run_id, sequential(call), evaluate_only=evaluate_only)
+    try:
+        return run_with(cfg, run_id, sequential(call), evaluate_only=evaluate_only)
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
@@ -160,6 +180,7 @@ def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
     started = datetime.now(UTC)
     if run_id is not None:
         validate_run_id(run_id)
+    check_output_root(root)
     with output_lock(root, wait_s=cfg.output.lock_wait_s):
         clean_stale(root)
         run = RunFolder(root, run_id or new_run_id(started))
@@ -177,6 +198,9 @@ def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
             run.discard()
             raise
         mf.prune_runs(root, cfg.output.keep_runs)
-        memo: dict[str, str] = {}
-        stage_cache.prune(root, {f"{s.name}/{stage_key(p, s, cfg, memo)}" for s in p.stages})
+        refresh_views(root)
+        if not evaluate_only:  # an evaluation-only run keeps the nightly's cache
+            memo: dict[str, str] = {}
+            stage_cache.prune(root, {f"{s.name}/{stage_key(p, s, cfg, memo)}"
+                                     for s in p.stages})
     return RunResult(run.run_id, path, reports, manifest)

@@ -221,19 +221,38 @@ def _score(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None) -> 
     shared = (parts, io.read(h.table("history")), stats, model, cfg.fusion)
     paths = io.shard_paths(h.table("scored"), len(parts))
     io.record_parts(h.table("scored"), paths, io.engine.map_shards(_score_shard, shared, paths))
-    return {"scored_by": "lightgbm" if model is not None else "fusion", "reason": reason}
+    info = {"scored_by": "lightgbm" if model is not None else "fusion", "reason": reason}
+    io.write_file("scoring.json", json.dumps(info, sort_keys=True).encode())
+    return info
+
+
+RECOMMENDATIONS_SCHEMA = pa.schema([
+    *div.RECOMMENDATIONS_SCHEMA,
+    pa.field("title", pa.string()),
+    pa.field("ranker", pa.string(), nullable=False),
+])
+"""The published lists: the diversified rows plus the item's title and which ranker scored
+them (`lightgbm` scores and `fusion` scores are not comparable)."""
 
 
 def _diversify_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
-    parts, items, config = shared
-    return write_part(div.diversify(pq.read_table(parts[i]), items, config), path)
+    parts, items, titles, config, ranker = shared
+    recs = pl.from_arrow(div.diversify(pq.read_table(parts[i]), items, config))
+    assert isinstance(recs, pl.DataFrame)
+    out = recs.join(titles, on=ITEM_ID, how="left", maintain_order="left").with_columns(
+        pl.lit(ranker, pl.String).alias("ranker"))
+    return write_part(out.to_arrow().select(RECOMMENDATIONS_SCHEMA.names)
+                      .cast(RECOMMENDATIONS_SCHEMA), path)
 
 
 def _diversify(io: StageIO, cfg: RunConfig) -> None:
     parts = io.parts("scored")
+    items = io.read("items")
+    titles = pl.from_arrow(items.select([ITEM_ID, "title"]))
+    ranker = json.loads((io.folder / "scoring.json").read_text())["scored_by"]
     paths = io.shard_paths("recommendations", len(parts))
     io.record_parts("recommendations", paths, io.engine.map_shards(
-        _diversify_shard, (parts, io.read("items"), cfg.diversify), paths))
+        _diversify_shard, (parts, items, titles, cfg.diversify, ranker), paths))
 
 
 EVAL_K = 20
@@ -418,9 +437,10 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
             "score", "score",
             tuple(serving.table(t) for t in (*source_tables, "candidates")) + ("items",)
             + ((ranker_file,) if ranker_file else ()),
-            ("scored",), partial(_score, h=serving, ranker_file=ranker_file),
+            ("scored", "scoring.json"), partial(_score, h=serving, ranker_file=ranker_file),
             ("ranking", "fusion", "candidates.popular_window_days")))
-        stages.append(Stage("diversify", "diversify", ("scored", "items"), ("recommendations",),
+        stages.append(Stage("diversify", "diversify", ("scored", "scoring.json", "items"),
+                            ("recommendations",),
                             _diversify, ("diversify",)))
     if eval_train is not None:
         eval_ranker = f"{WORK_EVAL}/ranker.json" if lgbm else None
@@ -442,6 +462,10 @@ def published_tables(p: Plan) -> list[str]:
     """The whole-history tables a published run holds."""
     return [t for s in p.stages for t in s.writes
             if "/" not in t and not t.endswith(".json")]
+
+
+RUN_ID = "run_id"
+"""Column added to every published table, so `runs/*/<table>.parquet` queries tell runs apart."""
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

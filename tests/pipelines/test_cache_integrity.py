@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines.nightly import RunConfig, run_nightly
-from tests.conftest import tiny_config_dict
+from tests.conftest import published, tiny_config_dict
 
 
 def fast(tmp_path: Path) -> dict[str, Any]:
@@ -50,7 +49,7 @@ def damage_and_rerun(cfg: RunConfig, victim: Path, damage: str, rng: np.random.G
 def test_damaged_cache_files_are_recomputed_never_published(
         primed: tuple[RunConfig, Any], damage: str, caplog: pytest.LogCaptureFixture) -> None:
     cfg, first = primed
-    reference = {p.name: p.read_bytes() for p in first.path.glob("*.parquet")}
+    reference = {p.stem: published(first.path, p.stem) for p in first.path.glob("*.parquet")}
     rng = np.random.default_rng(0 if damage == "flip" else 1)
     files = cache_files(cfg.output.root)
     for n in range(6):  # several random files and offsets, fixed seed
@@ -60,7 +59,7 @@ def test_damaged_cache_files_are_recomputed_never_published(
         assert stage in caplog.text and "damaged" in caplog.text
         assert stage not in {r.stage for r in again.reports if r.cached}
         for p in again.path.glob("*.parquet"):
-            assert p.read_bytes() == reference[p.name], p.name
+            assert published(again.path, p.stem).equals(reference[p.stem]), p.name
         files = cache_files(cfg.output.root)
         caplog.clear()
 
@@ -81,8 +80,7 @@ def test_damaged_done_json_is_a_miss(primed: tuple[RunConfig, Any], damage: str,
         again = run_nightly(cfg, run_id="again")
     assert "candidates" not in {r.stage for r in again.reports if r.cached}
     assert "cache entry" in caplog.text and "candidates" in caplog.text
-    assert pq.read_table(again.path / "recommendations.parquet").equals(
-        pq.read_table(first.path / "recommendations.parquet"))
+    assert published(again.path, "recommendations").equals(published(first.path, "recommendations"))
 
 
 def test_published_files_share_no_inode_with_the_cache(primed: tuple[RunConfig, Any]) -> None:
@@ -92,9 +90,10 @@ def test_published_files_share_no_inode_with_the_cache(primed: tuple[RunConfig, 
     assert not cached & published
     # A consumer editing a published file in place cannot reach the next run.
     recs = first.path / "recommendations.parquet"
-    good = recs.read_bytes()
+    good = published(first.path, "recommendations")
+    size = recs.stat().st_size
     with open(recs, "r+b") as handle:
-        handle.seek(len(good) // 2)
+        handle.seek(size // 2)
         handle.write(b"\x00" * 64)
     again = run_nightly(cfg, run_id="again")
-    assert (again.path / "recommendations.parquet").read_bytes() == good
+    assert published(again.path, "recommendations").equals(good)

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from pipelines.nightly import RunConfig, run_nightly
 from pipelines.store import latest_run
-from tests.conftest import tiny_config_dict, to_toml, write_tiny_dataset
+from tests.conftest import published, tiny_config_dict, to_toml, write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE_ORDER = ["ingest", "user_neighbours", "item_neighbours", "als", "candidates", "score",
@@ -132,7 +132,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     raw = fast_config(base / "data", base / "out")
     raw["output"]["cache"] = False
     res = run_nightly(RunConfig.from_dict(raw), run_id="reference")
-    return {"recommendations": pq.read_table(res.path / "recommendations.parquet"),
+    return {"recommendations": published(res.path, "recommendations"),
             "files": table_files(res.path), "rows": res.manifest["rows"]}
 
 
@@ -172,7 +172,7 @@ def test_kill_mid_run_keeps_last_good_and_rerun_recovers(
         wait_for_flag(proc, flag)
         # --- during the hang: the last good run is untouched and fully readable ---------
         assert latest_run(root) == run_a.resolve()
-        assert_run_readable(root / "runs" / "latest")
+        assert_run_readable(root / "latest")
         assert published_runs(root) == [run_a]  # B is not visible under a published name
         assert not (root / "runs" / "B").exists()
         staging = root / "runs" / ".staging-B"
@@ -192,7 +192,7 @@ def test_kill_mid_run_keeps_last_good_and_rerun_recovers(
     # --- rerun with the same config ----------------------------------------------------------
     again = run_nightly(RunConfig.from_toml(config), run_id="B2")
     assert latest_run(root) == again.path.resolve() == (root / "runs" / "B2").resolve()
-    recs = pq.read_table(again.path / "recommendations.parquet")
+    recs = published(again.path, "recommendations")
     assert recs.equals(reference["recommendations"])
     assert table_files(again.path) == reference["files"]
     assert again.manifest["rows"] == reference["rows"]
@@ -231,8 +231,7 @@ def test_second_run_fails_fast_while_first_holds_the_lock(
     finally:
         kill(first)
     again = run_nightly(RunConfig.from_toml(config), run_id="first-rerun")
-    assert pq.read_table(again.path / "recommendations.parquet").equals(
-        reference["recommendations"])
+    assert published(again.path, "recommendations").equals(reference["recommendations"])
     assert [p.name for p in published_runs(root)] == ["A", "first-rerun"]
     assert leftovers(root) == []
 
@@ -275,11 +274,10 @@ def test_two_runs_started_at_once_one_fails_and_output_is_never_mixed(
                 kill(proc)
     assert [p.name for p in published_runs(root)] == [winner]
     assert latest_run(root) == (root / "runs" / winner).resolve()
-    published = root / "runs" / winner
-    assert pq.read_table(published / "recommendations.parquet").equals(
-        reference["recommendations"])
-    assert table_files(published) == reference["files"]
-    assert_run_readable(published)
+    run = root / "runs" / winner
+    assert published(run, "recommendations").equals(reference["recommendations"])
+    assert table_files(run) == reference["files"]
+    assert_run_readable(run)
     assert leftovers(root) == []
 
 

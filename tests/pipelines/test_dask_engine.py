@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines.nightly import RunConfig, run_nightly
 from pipelines.recommend.dask_engine import DaskEngine, local_client
 from pipelines.store import latest_run
-from tests.conftest import tiny_config_dict
+from tests.conftest import published, tiny_config_dict
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +28,10 @@ def client() -> Iterator[Any]:
     c.cluster.close()
 
 
-def cfg_at(tmp_path: Path, root: str, **extra: Any) -> RunConfig:
+def cfg_at(tmp_path: Path, root: str, cache: bool = True, **extra: Any) -> RunConfig:
     raw = tiny_config_dict(tmp_path)
     raw["shards"] = {"users": 7}  # several shards per stage
-    raw["output"] = {"root": str(tmp_path / root)}
+    raw["output"] = {"root": str(tmp_path / root), "cache": cache}
     return RunConfig.from_dict({**raw, **extra})
 
 
@@ -41,8 +40,7 @@ def test_dask_engine_equals_local_engine(client: Any, tmp_path: Path) -> None:
     dask = run_nightly(cfg_at(tmp_path, "dask"), engine=DaskEngine(client))
     for name in ("user_neighbours", "item_neighbours", "candidates", "scored",
                  "recommendations", "evaluation"):
-        assert pq.read_table(dask.path / f"{name}.parquet").equals(
-            pq.read_table(local.path / f"{name}.parquet")), name
+        assert published(dask.path, name).equals(published(local.path, name)), name
 
 
 def test_killed_worker_never_publishes_partial_output(client: Any, tmp_path: Path,
@@ -58,8 +56,8 @@ def test_killed_worker_never_publishes_partial_output(client: Any, tmp_path: Pat
     client.run(lambda: os.environ.update({"RECSYS_FAULT_AT": "candidates-shard",
                                           "RECSYS_FAULT_FILE": str(flag),
                                           "RECSYS_FAULT_ONCE": "1"}))
-    cfg = cfg_at(tmp_path, "out", ranking="fusion", evaluation={"enabled": False},
-                 diversify={"n": 4})
+    cfg = cfg_at(tmp_path, "out", cache=False, ranking="fusion",
+                 evaluation={"enabled": False}, diversify={"n": 4})
     outcome: dict[str, Any] = {}
 
     def night() -> None:
@@ -89,5 +87,4 @@ def test_killed_worker_never_publishes_partial_output(client: Any, tmp_path: Pat
     assert latest_run(tmp_path / "out") == res.path.resolve()
     local = run_nightly(cfg_at(tmp_path, "ref", ranking="fusion",
                                evaluation={"enabled": False}, diversify={"n": 4}))
-    assert pq.read_table(res.path / "recommendations.parquet").equals(
-        pq.read_table(local.path / "recommendations.parquet"))
+    assert published(res.path, "recommendations").equals(published(local.path, "recommendations"))

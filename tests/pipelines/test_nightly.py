@@ -12,7 +12,7 @@ import pytest
 from features.errors import ConfigError, DataError, RunLockedError
 from pipelines.nightly import RunConfig, run_nightly
 from pipelines.store import latest_run, output_lock
-from tests.conftest import tiny_config_dict
+from tests.conftest import published, tiny_config_dict
 
 TABLES = ["interactions", "items", "rejected", "user_neighbours", "item_neighbours",
           "user_factors", "item_factors", "candidates", "scored", "recommendations",
@@ -65,8 +65,7 @@ def test_same_data_config_seed_give_identical_recommendations(tmp_path: Path) ->
     a = run_nightly(cfg, run_id="a")
     b = run_nightly(cfg, run_id="b")
     assert not any(r.cached for r in b.reports)
-    assert pq.read_table(a.path / "recommendations.parquet").equals(
-        pq.read_table(b.path / "recommendations.parquet"))
+    assert published(a.path, "recommendations").equals(published(b.path, "recommendations"))
 
 
 def test_rerun_skips_stages_whose_inputs_did_not_change(tmp_path: Path) -> None:
@@ -75,8 +74,7 @@ def test_rerun_skips_stages_whose_inputs_did_not_change(tmp_path: Path) -> None:
     assert not any(r.cached for r in first.reports)
     again = run_nightly(RunConfig.from_dict(raw), run_id="again")
     assert all(r.cached for r in again.reports)
-    assert pq.read_table(first.path / "recommendations.parquet").equals(
-        pq.read_table(again.path / "recommendations.parquet"))
+    assert published(first.path, "recommendations").equals(published(again.path, "recommendations"))
     raw["diversify"]["n"] = 3  # type: ignore[index]
     changed = run_nightly(RunConfig.from_dict(raw), run_id="changed")
     recomputed = {r.stage for r in changed.reports if not r.cached}

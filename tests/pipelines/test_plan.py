@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from features.errors import ConfigError
@@ -13,7 +12,7 @@ from pipelines.nightly import RunConfig, run_nightly
 from pipelines.recommend import runner
 from pipelines.recommend.stages import plan
 from pipelines.store import validate_run_id
-from tests.conftest import tiny_config_dict
+from tests.conftest import published, tiny_config_dict
 
 
 def test_each_source_runs_once_per_distinct_history() -> None:
@@ -81,8 +80,7 @@ def test_shard_size_does_not_change_the_published_run(tmp_path: Path) -> None:
     many = run_nightly(RunConfig.from_dict({**raw, "shards": {"users": 4},
                                             "output": {"root": str(tmp_path / "b")}}))
     for name in ("candidates", "scored", "recommendations", "evaluation"):
-        assert pq.read_table(one.path / f"{name}.parquet").equals(
-            pq.read_table(many.path / f"{name}.parquet")), name
+        assert published(one.path, name).equals(published(many.path, name)), name
 
 
 def test_partial_config_sections_keep_the_documented_defaults() -> None:
