@@ -73,9 +73,11 @@ class SamplingConfig(BaseModel):
 
     enabled: bool = True
     """Sample negatives (False trains on every candidate of every query)."""
-    hard_negatives: int = Field(50, ge=0)
-    """Per query, the negatives that some source ranked best (lowest rank over sources)."""
-    random_negatives: int = Field(50, ge=0)
+    hard_negatives: int = Field(0, ge=0)
+    """Per query, the negatives that some source ranked best (lowest rank over sources).
+    Off by default: on the embedded data's validation split hard negatives cost NDCG@10
+    (50 hard + 50 random 0.0742, 150 + 150 0.0783, 0 + 150 random 0.0885)."""
+    random_negatives: int = Field(150, ge=0)
     """Per query, this many more negatives drawn at random (seeded by ranker.model.seed)."""
 
 

@@ -137,3 +137,24 @@ def test_config_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert cfg.output.root == (sub / "out").resolve()
     cfg = load_config(sub / "cfg.toml", None, None, tmp_path / "elsewhere")
     assert cfg.output.root == tmp_path / "elsewhere"
+
+
+def test_runs_glob_counts_each_run_once_and_the_warehouse_sees_them(tmp_path: Path) -> None:
+    import duckdb
+
+    raw = tiny_config_dict(tmp_path)
+    raw["ranking"], raw["evaluation"] = "fusion", {"enabled": False}
+    cfg = RunConfig.from_dict(raw)
+    a, b = run_nightly(cfg, run_id="a"), run_nightly(cfg, run_id="b")
+    root = cfg.output.root
+    assert (root / "latest").is_symlink() and latest_run(root) == b.path.resolve()
+    n = pq.read_metadata(a.path / "recommendations.parquet").num_rows
+    glob = str(root / "runs" / "*" / "recommendations.parquet")
+    rows = duckdb.sql(f"SELECT run_id, count(*) FROM '{glob}' GROUP BY 1 ORDER BY 1").fetchall()
+    assert rows == [("a", n), ("b", n)]
+    con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
+    assert con.sql("SELECT count(*) FROM recommendations").fetchone() == (2 * n,)
+    assert con.sql("SELECT DISTINCT run_id FROM latest_recommendations").fetchall() == [("b",)]
+    recs = pq.read_table(b.path / "recommendations.parquet")
+    assert {"title", "ranker", "run_id"} <= set(recs.column_names)
+    assert set(recs.column("ranker").to_pylist()) == {"fusion"}
