@@ -112,6 +112,8 @@ class TemporaryServer:
         fd, name = tempfile.mkstemp(prefix="recsys-prefect-server-", suffix=".log")
         os.close(fd)
         self.log_path = Path(name)
+        self.keep_log = False
+        """Set when the server failed: its log stays for the user to read."""
 
     @property
     def api_url(self) -> str:
@@ -143,7 +145,9 @@ class TemporaryServer:
         while time.monotonic() - began < self.timeout:
             code = self.process.poll()
             if code is not None:
-                if attempts < 3:  # e.g. the free port was taken in between: another port
+                port_taken = "address already in use" in self.log_path.read_text(
+                    errors="replace").lower()
+                if port_taken and attempts < 3:  # another process took the free port: retry
                     attempts += 1
                     self.process = self._spawn()
                     continue
@@ -160,14 +164,15 @@ class TemporaryServer:
         self._fail(f"did not answer within {self.timeout:.0f} s")
 
     def _fail(self, what: str) -> None:
-        self.stop(keep_log=True)
+        self.keep_log = True
+        self.stop()
         tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
         detail = ("; its last lines:\n  " + "\n  ".join(tail)) if tail else ""
         raise PrefectServerError(
             f"the temporary Prefect server {what} (log: {self.log_path}). To go on, {FIX_HINT}; "
             f"or allow it longer with {STARTUP_TIMEOUT_ENV}=300{detail}")
 
-    def stop(self, keep_log: bool = False) -> None:
+    def stop(self) -> None:
         """SIGTERM the server's process group, wait for it, SIGKILL it if it hangs."""
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
@@ -179,7 +184,7 @@ class TemporaryServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if not keep_log:
+        if not self.keep_log:
             with contextlib.suppress(OSError):
                 self.log_path.unlink()
 

@@ -282,3 +282,24 @@ def test_temporary_server_dies_with_recsys(temp_server_env: dict[str, str], tmp_
     assert wait_dead(server_pid), f"temporary server {server_pid} outlived recsys"
     if sig == signal.SIGTERM:  # a service manager's stop: a clean exit, not a traceback
         assert "Traceback" not in rest, rest
+
+
+@pytest.mark.slow
+def test_server_start_failure_says_how_to_proceed(temp_server_env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    """A temporary server that does not come up in time: a clean message, exit 1, no orphan."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(to_toml(tiny_config_dict(tmp_path)))
+    done = subprocess.run([sys.executable, "-m", "flows", "run", "--config", str(config)],
+                          cwd=tmp_path, env=temp_server_env | {
+                              "RECSYS_PREFECT_STARTUP_TIMEOUT_S": "0.5"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    err = done.stderr
+    assert "Traceback" not in err and "did not answer within" in err, err
+    assert "--engine local" in err and "prefect server start" in err
+    assert "RECSYS_PREFECT_STARTUP_TIMEOUT_S" in err
+    log = re.search(r"\(log: (\S+)\)", err)
+    assert log and Path(log.group(1)).is_file()
+    Path(log.group(1)).unlink()
+    assert latest_run(tmp_path / "out") is None
