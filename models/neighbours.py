@@ -107,28 +107,19 @@ def pearson_blocks(ratings: sp.csr_matrix, config: PearsonConfig) -> Neighbours:
     threads = max(1, min(config.threads, numba.config.NUMBA_NUM_THREADS))
     args = (indptr, indices, values, colptr, colrow, colval, colpos, row_stat, mode, k,
             config.min_support, config.threshold, config.shrinkage)
+    best = _alloc_best(threads, n_rows, k)
     if threads == 1:
-        heap_w, heap_v, heap_n, size = _alloc_heaps(1, n_rows, k)
-        _scan(0, 1, *args, heap_w, heap_v, heap_n, size)
-        out = _collect(1, n_rows, k, heap_w, heap_v, heap_n, size)
+        _scan(0, 1, *args, *best)
+        out = _collect(1, n_rows, k, *best)
     else:
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
-            heap_w, heap_v, heap_n, size = _alloc_heaps(threads, n_rows, k)
-            _scan_parallel(threads, *args, heap_w, heap_v, heap_n, size)
-            out = _collect_parallel(threads, n_rows, k, heap_w, heap_v, heap_n, size)
+            _scan_parallel(threads, *args, *best)
+            out = _collect_parallel(threads, n_rows, k, *best)
         finally:
             numba.set_num_threads(previous)
     return Neighbours(*out)
-
-
-def _alloc_heaps(threads: int, n_rows: int, k: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-thread k-best heaps of every row: flat (threads * n_rows * k,) plus sizes."""
-    slots = threads * n_rows * k
-    return (np.empty(slots), np.empty(slots, dtype=np.int32), np.empty(slots, dtype=np.int32),
-            np.zeros(threads * n_rows, dtype=np.int32))
 
 
 @njit(cache=True, nogil=True)
@@ -203,59 +194,89 @@ def _transpose(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_co
     return colptr, colrow, colval, colpos
 
 
+def _alloc_best(threads: int, n_rows: int, k: int) -> tuple[np.ndarray, ...]:
+    """Per thread and row a buffer of up to 2k candidates, its size and its floor.
+
+    Entries are (weight, neighbour, support) records in one (threads * n_rows * 2k, 3) float64
+    array (indices and counts are exact in float64), so an append touches one cache line.
+    A full buffer is cut to
+    its best k, and the k-th best becomes the floor (weight, neighbour; -inf before the first
+    cut): only better candidates are appended. The floors are compact arrays, so most
+    rejections never touch a buffer, and an accepted candidate is one append.
+    """
+    slots = threads * n_rows
+    cap = slots * 2 * k
+    return (np.empty((cap, 3)), np.zeros(slots, dtype=np.int64), np.full(slots, -np.inf),
+            np.zeros(slots))
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _worse(w: float, v: int, w2: float, v2: int) -> bool:
-    """(w, v) ranks below (w2, v2): lower weight, or the same weight and a higher index."""
-    return w < w2 or (w == w2 and v > v2)
+def _better(w: float, v: int, w2: float, v2: int) -> bool:
+    """(w, v) ranks above (w2, v2): higher weight, or the same weight and a lower index."""
+    return w > w2 or (w == w2 and v < v2)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _swap(buf: np.ndarray, i: int, j: int) -> None:
+    for c in range(3):
+        buf[i, c], buf[j, c] = buf[j, c], buf[i, c]
 
 
 @njit(cache=True, nogil=True)
-def _push(heap_w: np.ndarray, heap_v: np.ndarray, heap_n: np.ndarray, size: np.ndarray,
-          slot: int, k: int, w: float, v: int, n: int) -> None:
-    """Offer (w, v, n) to the k-best heap `slot` (flat, root = the worst kept entry)."""
-    base, s = slot * k, size[slot]
-    if s < k:
-        i = s
-        while i > 0:  # sift up: parents are worse than their children
-            parent = (i - 1) >> 1
-            if not _worse(w, v, heap_w[base + parent], heap_v[base + parent]):
-                break
-            heap_w[base + i] = heap_w[base + parent]
-            heap_v[base + i] = heap_v[base + parent]
-            heap_n[base + i] = heap_n[base + parent]
-            i = parent
-        size[slot] = s + 1
-    else:
-        if not _worse(heap_w[base], heap_v[base], w, v):
-            return  # not better than the worst of k kept
-        i = 0
-        while True:  # sift down from the root
-            child = 2 * i + 1
-            if child >= k:
-                break
-            if child + 1 < k and _worse(heap_w[base + child + 1], heap_v[base + child + 1],
-                                        heap_w[base + child], heap_v[base + child]):
-                child += 1
-            if not _worse(heap_w[base + child], heap_v[base + child], w, v):
-                break
-            heap_w[base + i] = heap_w[base + child]
-            heap_v[base + i] = heap_v[base + child]
-            heap_n[base + i] = heap_n[base + child]
-            i = child
-    heap_w[base + i], heap_v[base + i], heap_n[base + i] = w, v, n
+def _select(buf: np.ndarray, lo: int, hi: int, k: int
+            ) -> None:
+    """Quickselect: the best k of [lo, hi) into [lo, lo + k), the k-th best at lo + k - 1."""
+    target = lo + k - 1
+    while hi - lo > 1:
+        mid = (lo + hi - 1) // 2  # median of three as the pivot, moved to hi - 1
+        if _better(buf[mid, 0], buf[mid, 1], buf[lo, 0], buf[lo, 1]):
+            _swap(buf, mid, lo)
+        if _better(buf[hi - 1, 0], buf[hi - 1, 1], buf[lo, 0], buf[lo, 1]):
+            _swap(buf, hi - 1, lo)
+        if _better(buf[mid, 0], buf[mid, 1], buf[hi - 1, 0], buf[hi - 1, 1]):
+            _swap(buf, mid, hi - 1)
+        pw, pv = buf[hi - 1, 0], buf[hi - 1, 1]
+        store = lo
+        for i in range(lo, hi - 1):
+            if _better(buf[i, 0], buf[i, 1], pw, pv):
+                _swap(buf, i, store)
+                store += 1
+        _swap(buf, store, hi - 1)
+        if store == target:
+            return
+        if store < target:
+            lo = store + 1
+        else:
+            hi = store
+
+
+@njit(cache=True, nogil=True)
+def _offer(buf: np.ndarray, size: np.ndarray,
+           floor_w: np.ndarray, floor_v: np.ndarray, slot: int, k: int, w: float, v: int,
+           n: int) -> None:
+    """Append (w, v, n), which beats the floor, to buffer `slot`; cut it to k when full."""
+    base = slot * 2 * k
+    s = size[slot]
+    buf[base + s, 0], buf[base + s, 1], buf[base + s, 2] = w, v, n
+    s += 1
+    if s == 2 * k:
+        _select(buf, base, base + s, k)
+        s = k
+        floor_w[slot], floor_v[slot] = buf[base + k - 1, 0], buf[base + k - 1, 1]
+    size[slot] = s
 
 
 @njit(cache=True, nogil=True)
 def _scan(t: int, threads: int, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
           colptr: np.ndarray, colrow: np.ndarray, colval: np.ndarray, colpos: np.ndarray,
           row_stat: np.ndarray, mode: int, k: int, min_support: int, threshold: float,
-          shrinkage: float, heap_w: np.ndarray, heap_v: np.ndarray, heap_n: np.ndarray,
-          size: np.ndarray) -> None:
-    """Rows t, t + threads, ...: every pair (u, v > u) into thread t's heaps of u and v."""
+          shrinkage: float, buf: np.ndarray,
+          size: np.ndarray, floor_w: np.ndarray, floor_v: np.ndarray) -> None:
+    """Rows t, t + threads, ...: every pair (u, v > u) offered to thread t's u and v."""
     n_rows = len(indptr) - 1
     acc = np.zeros((n_rows, 6))  # per v: n, Σx, Σy, Σx², Σy², Σxy over I_uv
     touched = np.empty(n_rows, dtype=np.int32)
-    offset = t * n_rows  # this thread's heap slots
+    offset = t * n_rows  # this thread's buffer slots
     for u in range(t, n_rows, threads):
         m = 0
         for p in range(indptr[u], indptr[u + 1]):
@@ -276,133 +297,150 @@ def _scan(t: int, threads: int, indptr: np.ndarray, indices: np.ndarray, values:
             v = touched[i]
             n = acc[v, 0]
             sx, sy, sxx, syy, sxy = acc[v, 1], acc[v, 2], acc[v, 3], acc[v, 4], acc[v, 5]
-            acc[v, :] = 0.0
+            for z in range(6):
+                acc[v, z] = 0.0
             if n < min_support:
                 continue
             if mode == _PEARSON:
-                var_u = sxx - sx * sx / n
-                var_v = syy - sy * sy / n
+                inv_n = 1.0 / n
+                var_u = sxx - sx * sx * inv_n
+                var_v = syy - sy * sy * inv_n
                 if var_u <= _ZERO_VARIANCE * sxx or var_v <= _ZERO_VARIANCE * syy:
                     continue
-                w = (sxy - sx * sy / n) / (math.sqrt(var_u) * math.sqrt(var_v))
+                cov = sxy - sx * sy * inv_n
+                if cov <= 0.0 and threshold >= 0.0:
+                    continue  # w <= 0 <= threshold: skip the square root
+                den = var_u * var_v
+                # Values are scaled to [-1, 1]; the product only underflows for co-rated
+                # deviations below ~1e-77 of the row's largest.
+                den = math.sqrt(den) if den > 1e-290 else math.sqrt(var_u) * math.sqrt(var_v)
+                w = cov / den
             elif mode == _COSINE:
                 if row_stat[u] == 0.0 or row_stat[v] == 0.0:
                     continue
-                w = sxy / row_stat[u] / row_stat[v]
+                w = sxy / (row_stat[u] * row_stat[v])
             else:
                 w = n / (row_stat[u] + row_stat[v] - n)
             if abs(w) > 1.0 - _UNIT:
                 w = 1.0 if w > 0.0 else -1.0
             if shrinkage > 0.0:
                 w *= n / (n + shrinkage)
-            if w > threshold:
-                _push(heap_w, heap_v, heap_n, size, offset + u, k, w, v, int(n))
-                _push(heap_w, heap_v, heap_n, size, offset + v, k, w, u, int(n))
+            if w <= threshold:
+                continue
+            # The floor test is inline: most candidates stop here, without a call.
+            if _better(w, v, floor_w[offset + u], floor_v[offset + u]):
+                _offer(buf, size, floor_w, floor_v, offset + u, k, w, v, int(n))
+            if _better(w, u, floor_w[offset + v], floor_v[offset + v]):
+                _offer(buf, size, floor_w, floor_v, offset + v, k, w, u, int(n))
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _scan_parallel(threads: int, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
                    colptr: np.ndarray, colrow: np.ndarray, colval: np.ndarray,
                    colpos: np.ndarray, row_stat: np.ndarray, mode: int, k: int,
-                   min_support: int, threshold: float, shrinkage: float, heap_w: np.ndarray,
-                   heap_v: np.ndarray, heap_n: np.ndarray, size: np.ndarray) -> None:
+                   min_support: int, threshold: float, shrinkage: float, buf: np.ndarray,
+                   size: np.ndarray, floor_w: np.ndarray, floor_v: np.ndarray) -> None:
     """`_scan` on `threads` interleaved row sets at once (interleaving balances v > u)."""
     for t in prange(threads):
         _scan(t, threads, indptr, indices, values, colptr, colrow, colval, colpos, row_stat,
-              mode, k, min_support, threshold, shrinkage, heap_w, heap_v, heap_n, size)
+              mode, k, min_support, threshold, shrinkage, buf, size, floor_w, floor_v)
 
 
 @njit(cache=True, nogil=True)
-def _sort_heap(heap_w: np.ndarray, heap_v: np.ndarray, heap_n: np.ndarray, base: int,
-               s: int) -> None:
-    """Heapsort in place: moving the worst root to the end leaves the best first."""
-    for end in range(s - 1, 0, -1):
-        w, v, n = heap_w[base + end], heap_v[base + end], heap_n[base + end]
-        heap_w[base + end] = heap_w[base]
-        heap_v[base + end] = heap_v[base]
-        heap_n[base + end] = heap_n[base]
-        i = 0
-        while True:  # sift (w, v, n) down the heap [0, end)
-            child = 2 * i + 1
-            if child >= end:
-                break
-            if child + 1 < end and _worse(heap_w[base + child + 1], heap_v[base + child + 1],
-                                          heap_w[base + child], heap_v[base + child]):
-                child += 1
-            if not _worse(heap_w[base + child], heap_v[base + child], w, v):
-                break
-            heap_w[base + i] = heap_w[base + child]
-            heap_v[base + i] = heap_v[base + child]
-            heap_n[base + i] = heap_n[base + child]
-            i = child
-        heap_w[base + i], heap_v[base + i], heap_n[base + i] = w, v, n
+def _sift_down(buf: np.ndarray, base: int, i: int, end: int
+               ) -> None:
+    """Restore the heap [base, base + end) below i (a min-heap: the root is the worst)."""
+    w, v, n = buf[base + i, 0], buf[base + i, 1], buf[base + i, 2]
+    while True:
+        child = 2 * i + 1
+        if child >= end:
+            break
+        if child + 1 < end and _better(buf[base + child, 0], buf[base + child, 1],
+                                       buf[base + child + 1, 0], buf[base + child + 1, 1]):
+            child += 1
+        if not _better(w, v, buf[base + child, 0], buf[base + child, 1]):
+            break
+        for c in range(3):
+            buf[base + i, c] = buf[base + child, c]
+        i = child
+    buf[base + i, 0], buf[base + i, 1], buf[base + i, 2] = w, v, n
 
 
 @njit(cache=True, nogil=True)
-def _merge_row(r: int, threads: int, n_rows: int, k: int, heap_w: np.ndarray,
-               heap_v: np.ndarray, heap_n: np.ndarray, size: np.ndarray, start: int,
-               count: int, row: np.ndarray, nbr: np.ndarray, weight: np.ndarray,
-               support: np.ndarray) -> None:
-    """Write row r's best `count` entries, best first, from its sorted per-thread heaps."""
+def _finish(buf: np.ndarray, size: np.ndarray, slot: int,
+            k: int) -> int:
+    """Cut buffer `slot` to its best k and sort them best first; returns how many."""
+    base = slot * 2 * k
+    s = size[slot]
+    if s > k:
+        _select(buf, base, base + s, k)
+        s = k
+    for i in range(s // 2 - 1, -1, -1):
+        _sift_down(buf, base, i, s)
+    for end in range(s - 1, 0, -1):  # heapsort: the worst root goes to the back
+        _swap(buf, base, base + end)
+        _sift_down(buf, base, 0, end)
+    size[slot] = s
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _merge_row(r: int, threads: int, n_rows: int, k: int, buf: np.ndarray,
+               size: np.ndarray, start: int, stop: int, row: np.ndarray,
+               nbr: np.ndarray, weight: np.ndarray, support: np.ndarray) -> None:
+    """Write row r's best stop - start entries, best first, from its sorted buffers."""
     head = np.zeros(threads, dtype=np.int64)
-    for out in range(start, start + count):
+    for out in range(start, stop):
         best, best_q = -1, 0
         for t in range(threads):
             slot = t * n_rows + r
             if head[t] < size[slot]:
-                q = slot * k + head[t]
-                if best < 0 or _worse(heap_w[best_q], heap_v[best_q], heap_w[q], heap_v[q]):
+                q = slot * 2 * k + head[t]
+                if best < 0 or _better(buf[q, 0], buf[q, 1], buf[best_q, 0], buf[best_q, 1]):
                     best, best_q = t, q
         head[best] += 1
-        row[out], nbr[out] = r, heap_v[best_q]
-        weight[out], support[out] = heap_w[best_q], heap_n[best_q]
+        row[out], weight[out] = r, buf[best_q, 0]
+        nbr[out], support[out] = int(buf[best_q, 1]), int(buf[best_q, 2])
 
 
 @njit(cache=True, nogil=True)
-def _counts(threads: int, n_rows: int, k: int, size: np.ndarray) -> np.ndarray:
-    """Output offsets (n_rows + 1,): each row keeps min(k, what its heaps hold)."""
+def _collect(threads: int, n_rows: int, k: int, buf: np.ndarray, size: np.ndarray,
+             floor_w: np.ndarray, floor_v: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted COO output (row, neighbour, weight, support) from the buffers."""
     offsets = np.zeros(n_rows + 1, dtype=np.int64)
     for r in range(n_rows):
         held = 0
         for t in range(threads):
-            held += size[t * n_rows + r]
+            held += _finish(buf, size, t * n_rows + r, k)
         offsets[r + 1] = offsets[r] + min(k, held)
-    return offsets
-
-
-@njit(cache=True, nogil=True)
-def _collect(threads: int, n_rows: int, k: int, heap_w: np.ndarray, heap_v: np.ndarray,
-             heap_n: np.ndarray, size: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted COO output (row, neighbour, weight, support) from the heaps."""
-    offsets = _counts(threads, n_rows, k, size)
     m = offsets[-1]
     row, nbr = np.empty(m, dtype=np.int32), np.empty(m, dtype=np.int32)
     weight, support = np.empty(m), np.empty(m, dtype=np.int32)
     for r in range(n_rows):
-        for t in range(threads):
-            slot = t * n_rows + r
-            _sort_heap(heap_w, heap_v, heap_n, slot * k, size[slot])
-        _merge_row(r, threads, n_rows, k, heap_w, heap_v, heap_n, size, offsets[r],
-                   offsets[r + 1] - offsets[r], row, nbr, weight, support)
+        _merge_row(r, threads, n_rows, k, buf, size, offsets[r], offsets[r + 1], row,
+                   nbr, weight, support)
     return row, nbr, weight, support
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _collect_parallel(threads: int, n_rows: int, k: int, heap_w: np.ndarray,
-                      heap_v: np.ndarray, heap_n: np.ndarray, size: np.ndarray
+def _collect_parallel(threads: int, n_rows: int, k: int, buf: np.ndarray, size: np.ndarray,
+                      floor_w: np.ndarray, floor_v: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`_collect` with rows spread over the threads (each row is independent)."""
-    offsets = _counts(threads, n_rows, k, size)
+    held = np.zeros(n_rows, dtype=np.int64)
+    for r in prange(n_rows):
+        for t in range(threads):
+            held[r] += _finish(buf, size, t * n_rows + r, k)
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    for r in range(n_rows):
+        offsets[r + 1] = offsets[r] + min(k, held[r])
     m = offsets[-1]
     row, nbr = np.empty(m, dtype=np.int32), np.empty(m, dtype=np.int32)
     weight, support = np.empty(m), np.empty(m, dtype=np.int32)
     for r in prange(n_rows):
-        for t in range(threads):
-            slot = t * n_rows + r
-            _sort_heap(heap_w, heap_v, heap_n, slot * k, size[slot])
-        _merge_row(r, threads, n_rows, k, heap_w, heap_v, heap_n, size, offsets[r],
-                   offsets[r + 1] - offsets[r], row, nbr, weight, support)
+        _merge_row(r, threads, n_rows, k, buf, size, offsets[r], offsets[r + 1], row,
+                   nbr, weight, support)
     return row, nbr, weight, support
 
 
