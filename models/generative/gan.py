@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
 from models.generative.training import (
@@ -58,10 +58,20 @@ class GANConfig(TrainConfig):
 
     Averaging the generator over its last ~1/(1 - decay) steps smooths out the players'
     oscillation and gives visibly cleaner digits at no training cost."""
+    auxiliary_weight: float = Field(0.0, ge=0.0)
+    """AC-GAN (Odena et al. 2017): D also classifies real digits, G is pushed to make fakes
+    that D classifies as their label; weight of that cross-entropy in both losses (0: off).
+    Needs `conditional`."""
     quality_samples: PositiveInt = 1000
     """Generated digits judged by the shipped classifier after every epoch (same z each time)."""
     n_samples: PositiveInt = 100
     """Samples in the published grid (a conditional GAN's rows run 0-9)."""
+
+    @model_validator(mode="after")
+    def _auxiliary_needs_labels(self) -> GANConfig:
+        if self.auxiliary_weight > 0 and not self.conditional:
+            raise ValueError("auxiliary_weight > 0 needs conditional = true (labels)")
+        return self
 
 
 N_CLASSES = 10
@@ -135,16 +145,23 @@ class Discriminator(nn.Module):
         n_feat = 4 * w * 7 * 7
         self.head = sn(nn.Linear(n_feat, 1))
         self.embed = sn(nn.Embedding(N_CLASSES, n_feat)) if config.conditional else None
+        # AC-GAN's auxiliary head: D also names the digit (Odena et al. 2017).
+        self.classes = (sn(nn.Linear(n_feat, N_CLASSES)) if config.auxiliary_weight > 0
+                        else None)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits (B,): D(x) = sigmoid(logit) is the probability that x is real."""
+        return self.logits(x, labels)[0]
+
+    def logits(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Real/fake logits (B,) and, with the auxiliary head, class logits (B, 10)."""
         h = self.body(x)  # (B, 4w*49)
         logit = self.head(h).squeeze(1)
         if self.embed is not None:
             if labels is None:
                 raise ValueError("a conditional discriminator needs labels")
             logit = logit + (self.embed(labels) * h).sum(1)
-        return logit
+        return logit, None if self.classes is None else self.classes(h)
 
 
 def _identity(module: nn.Module) -> nn.Module:
@@ -254,16 +271,21 @@ class GANTrainer:
         real = to_unit(images)
         fake_labels = self._labels(len(real))
         fake = self.generator(self._z(len(real)), fake_labels)
+        w_aux = self.config.auxiliary_weight
         # D step: fakes detached so D's loss does not reach G.
-        real_logits = self.discriminator(self._d_input(real), labels)
+        real_logits, real_classes = self.discriminator.logits(self._d_input(real), labels)
         fake_logits = self.discriminator(self._d_input(fake.detach()), fake_labels)
         loss_d = discriminator_loss(real_logits, fake_logits, self.config.label_smoothing)
+        if real_classes is not None and labels is not None:  # D learns digits on real ones only
+            loss_d = loss_d + w_aux * F.cross_entropy(real_classes, labels)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
         # G step against the updated D.
-        loss_g = generator_loss(self.discriminator(self._d_input(fake), fake_labels),
-                                self.config.generator_loss)
+        g_logits, g_classes = self.discriminator.logits(self._d_input(fake), fake_labels)
+        loss_g = generator_loss(g_logits, self.config.generator_loss)
+        if g_classes is not None and fake_labels is not None:
+            loss_g = loss_g + w_aux * F.cross_entropy(g_classes, fake_labels)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()

@@ -241,3 +241,25 @@ def test_evaluate_reports_the_quality_metric() -> None:
     out = trainer.evaluate((real_digits(16), real_labels(16)))
     assert {"loss", "loss_d", "d_accuracy", "confident_share", "feature_distance"} <= set(out)
     assert trainer.quality.metric == "val_confident_share" and trainer.quality.mode == "max"
+
+
+def test_auxiliary_classifier_needs_labels_and_learns_real_digits() -> None:
+    with pytest.raises(ValueError, match="conditional"):
+        GANConfig(auxiliary_weight=1.0, conditional=False)
+    torch.manual_seed(0)
+    trainer = GANTrainer(CONDITIONAL.model_copy(update={"auxiliary_weight": 1.0,
+                                                        "augment": False}))
+    head = trainer.discriminator.classes
+    assert head is not None and GANTrainer(CONDITIONAL).discriminator.classes is None
+    digits, labels = real_digits(32), real_labels(32)
+
+    def real_ce() -> float:
+        with torch.no_grad():
+            _, classes = trainer.discriminator.logits(to_unit(digits), labels)
+        assert classes is not None and classes.shape == (32, 10)
+        return float(torch.nn.functional.cross_entropy(classes, labels))
+
+    before = real_ce()
+    for _ in range(15):
+        trainer.train_step((digits, labels))
+    assert real_ce() < 0.5 * before  # D's auxiliary head learns the real digits' classes
