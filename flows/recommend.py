@@ -105,6 +105,11 @@ def publish_artifacts(result: RunResult) -> None:
         lines += [f"| {k} | {v} |" for k, v in sorted(ingest.items())]
     create_markdown_artifact(key="nightly-output", markdown="\n".join(lines) + "\n",
                              description="Where tonight's recommendations are")
+    report = result.path / "report.md"
+    if report.exists():
+        create_markdown_artifact(key="nightly-report", markdown=report.read_text(),
+                                 description="Evaluation, coverage and stage timings "
+                                             "(report.html in the run folder has the figures)")
 
 
 @contextlib.contextmanager

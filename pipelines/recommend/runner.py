@@ -18,6 +18,7 @@ from pipelines.recommend import cache as stage_cache
 from pipelines.recommend import manifest as mf
 from pipelines.recommend.config import RunConfig, section
 from pipelines.recommend.engine import Engine, LocalEngine
+from pipelines.recommend.report import write_report
 from pipelines.recommend.stages import Plan, Stage, plan
 from pipelines.recommend.tables import StageIO
 from pipelines.recommend.warehouse import refresh_views
@@ -193,6 +194,8 @@ def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
             reports = runner(p, run)
             manifest = mf.manifest_for(run, p, cfg, reports, started)
             mf.finalise(run, p, manifest)
+            if not evaluate_only:
+                write_report(run.staging, manifest, cfg.diversify.n)
             path = run.publish(manifest, update_latest=not evaluate_only)
         except BaseException:
             run.discard()

@@ -1,0 +1,99 @@
+"""A per-run report a person can look at: `report.html` (figures inline) and `report.md`."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from features.columns import AUTHOR_ID, ITEM_ID, SCORE, USER_ID
+from pipelines.recommend.tables import table_path
+from pipelines.store import write_text_atomic
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _per_list_author_max(lists: pl.DataFrame, authors: pl.DataFrame) -> pl.Series:
+    return (lists.join(authors, on=ITEM_ID, how="left")
+            .group_by([USER_ID, AUTHOR_ID]).len()
+            .group_by(USER_ID).agg(pl.col("len").max())["len"])
+
+
+def figures(folder: Path, n: int) -> dict[str, str]:
+    """Base64 PNGs: list score distribution and items-per-author before/after diversity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = pl.read_parquet(table_path(folder, "recommendations"))
+    scored = pl.scan_parquet(table_path(folder, "scored"))
+    authors = pl.read_parquet(table_path(folder, "items"), columns=[ITEM_ID, AUTHOR_ID])
+    before = (scored.sort([USER_ID, SCORE], descending=[False, True])
+              .group_by(USER_ID, maintain_order=True).head(n).select(USER_ID, ITEM_ID)
+              .collect())
+    out: dict[str, str] = {}
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(recs[SCORE].to_numpy(), bins=50, color="#4c72b0")
+    ax.set_xlabel("score of a recommended item")
+    ax.set_ylabel("items")
+    ax.set_title("List scores")
+    out["scores"] = _png(fig)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    b, a = _per_list_author_max(before, authors), _per_list_author_max(recs, authors)
+    top = int(max(b.max() or 1, a.max() or 1))
+    bins = [x - 0.5 for x in range(1, top + 2)]
+    ax.hist([b.to_numpy(), a.to_numpy()], bins=bins, label=["before diversity", "published"])
+    ax.set_xlabel("most items by one author in a list")
+    ax.set_ylabel("lists")
+    ax.legend()
+    ax.set_title("Author concentration per list")
+    out["authors"] = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def write_report(folder: Path, manifest: dict[str, Any], n: int) -> tuple[Path, str]:
+    """Write report.html and report.md into the run folder; returns (html path, markdown)."""
+    evaluation = (pq.read_table(table_path(folder, "evaluation")).to_pylist()
+                  if table_path(folder, "evaluation").exists() else [])
+    recs = pl.read_parquet(table_path(folder, "recommendations"), columns=[USER_ID, ITEM_ID])
+    n_items = pq.read_metadata(table_path(folder, "items")).num_rows
+    coverage = recs[ITEM_ID].n_unique() / max(n_items, 1)
+    md = [f"# Run {manifest['run_id']}", "",
+          f"{recs[USER_ID].n_unique():,} lists, {recs.height:,} recommendations scored by "
+          f"**{manifest.get('scored_by')}**; catalogue coverage {coverage:.1%} of "
+          f"{n_items:,} items.", ""]
+    if evaluation:
+        cols = [c for c in evaluation[0] if c != "run_id"]
+        md += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        md += ["| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])
+                                 for c in cols) + " |" for r in evaluation]
+    else:
+        md += [f"Offline evaluation: {manifest.get('evaluation', {}).get('status')} "
+               f"{manifest.get('evaluation', {}).get('reason', '')}"]
+    md += ["", "| stage | seconds | cached |", "|---|---|---|"]
+    cached = set(manifest.get("cached", []))
+    md += [f"| {k} | {v:.2f} | {'yes' if k in cached else ''} |"
+           for k, v in manifest["seconds"].items()]
+    markdown = "\n".join(md) + "\n"
+    figs = figures(folder, n)
+    body = "".join(f'<img alt="{k}" src="data:image/png;base64,{v}">' for k, v in figs.items())
+    page = ("<!doctype html><meta charset='utf-8'><title>Run "
+            f"{html.escape(str(manifest['run_id']))}</title><style>body{{font-family:sans-serif;"
+            "max-width:60em;margin:2em auto}table{border-collapse:collapse}td,th{border:1px "
+            "solid #ccc;padding:2px 6px}</style>"
+            f"<pre style='white-space:pre-wrap'>{html.escape(markdown)}</pre>{body}")
+    path = write_text_atomic(page, folder / "report.html")
+    write_text_atomic(markdown, folder / "report.md")
+    return path, markdown
