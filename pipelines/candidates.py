@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,10 +13,12 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.columns import AUTHOR_ID, ITEM_ID, N_SOURCES, NEIGHBOUR_ID, TS, USER_ID, WEIGHT
+from features.errors import DataWarning
 from features.matrix import InteractionMatrix, build_matrix
 from features.vocab import IdVocab
+from models.ease import Ease, EaseConfig
 
-SOURCES = ("user_pearson", "item_pearson", "als", "popular", "author")
+SOURCES = ("user_pearson", "item_pearson", "als", "popular", "author", "ease")
 
 
 class CandidatesConfig(BaseModel):
@@ -33,6 +36,9 @@ class CandidatesConfig(BaseModel):
     """Top-N most interacted items in the recent window."""
     author: int = Field(50, ge=0)
     """Top-N items by authors in the user's history (score = the author's share of it)."""
+    ease: int = Field(0, ge=0)
+    """Top-N items by EASE (closed-form item-item model, settings in [ease]); skipped with a
+    warning when the catalogue exceeds ease.max_items."""
     popular_window_days: float = Field(30.0, gt=0)
     """'Popular now' counts interactions in this many days before the data's latest time stamp;
     all time when the data has no time stamps."""
@@ -58,6 +64,7 @@ class Context:
     item_factors: np.ndarray  # (n_items, f) float32
     affinity: sp.csr_matrix  # (n_users, n_authors) share of the user's history by author
     popular_pool: np.ndarray  # items with recent > 0, in score-then-tie order
+    ease: np.ndarray | None = None  # (n_items, n_items) EASE weights B, None when off
 
     @property
     def n_users(self) -> int:
@@ -68,6 +75,7 @@ class Context:
 def build_context(
     interactions: pa.Table, items: pa.Table, user_neighbours: pa.Table, item_neighbours: pa.Table,
     user_factors: pa.Table, item_factors: pa.Table, config: CandidatesConfig,
+    ease: EaseConfig | None = None,
 ) -> Context:
     """Matrix, popularity counts, the item -> author map and the sources' models, built once."""
     m = build_matrix(interactions)
@@ -100,11 +108,20 @@ def build_context(
     affinity = (sp.diags(1.0 / np.maximum(counts, 1)) @ (binary @ item_author)).tocsr()
     pool = np.flatnonzero(recent > 0)
     pool = pool[np.lexsort((position[pool], -recent[pool]))]
+    weights = None
+    if config.ease > 0:
+        model = Ease(ease or EaseConfig())
+        if model.allows(n_items):
+            weights = model.fit(binary).weights
+        else:
+            warnings.warn(f"EASE candidates skipped: {n_items:,} items exceed ease.max_items "
+                          f"({model.config.max_items:,}); raise it (memory ~12 * items^2 "
+                          "bytes) or set candidates.ease = 0", DataWarning, stacklevel=2)
     return Context(
         m, binary, popularity, recent, item_author, order, position, unbrs,
         neighbour_matrix(item_neighbours, ITEM_ID, m.items),
         factors_array(user_factors, USER_ID, m.users),
-        factors_array(item_factors, ITEM_ID, m.items), affinity, pool)
+        factors_array(item_factors, ITEM_ID, m.items), affinity, pool, weights)
 
 
 def neighbour_matrix(table: pa.Table, key: str, vocab: IdVocab) -> sp.csr_matrix:
@@ -265,6 +282,29 @@ def _als(users: slice, ctx: Context, n: int, budget: int) -> list[Proposals]:
     return out
 
 
+def _ease(users: slice, ctx: Context, n: int, budget: int) -> list[Proposals]:
+    """Top-n by EASE scores x_u B over unseen items, dense only within a block of users.
+
+    Each row's score is a sparse row times B, summed in the row's own order, so it does not
+    depend on the block it is computed in.
+    """
+    assert ctx.ease is not None
+    n_items = ctx.m.weights.shape[1]
+    step = max(1, budget // max(n_items, 1))
+    out = []
+    for start in range(users.start, users.stop, step):
+        sub = slice(start, min(start + step, users.stop))
+        seen = ctx.binary[sub].astype(ctx.ease.dtype)
+        scores = np.asarray(seen @ ctx.ease, dtype=np.float64)  # (b, n_items)
+        scores[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
+        k = min(n, n_items)
+        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+        rows, cols = np.nonzero((scores >= kth) & np.isfinite(scores))
+        p = _top_n(rows.astype(np.int64), cols.astype(np.int64), scores[rows, cols], n, ctx)
+        out.append(Proposals(p.rows + (start - users.start), p.cols, p.scores, p.ranks))
+    return out
+
+
 def _popular(users: slice, ctx: Context, n: int) -> list[Proposals]:
     """The most recent-popular items each user has not seen (the same pool for everyone)."""
     seen = ctx.binary[users]
@@ -299,6 +339,9 @@ def generate_shard(ctx: Context, users: slice, config: CandidatesConfig) -> pa.T
             per_source[name] = _als(users, ctx, n, config.block_elements)
         elif name == "popular":
             per_source[name] = _popular(users, ctx, n)
+        elif name == "ease":
+            per_source[name] = _ease(users, ctx, n, config.block_elements) if (
+                ctx.ease is not None) else []
         else:
             per_source[name] = _sparse_source(name, users, ctx, n, config.block_elements)
     keys = [p.rows * n_items + p.cols for ps in per_source.values() for p in ps]
@@ -328,7 +371,7 @@ def generate_shard(ctx: Context, users: slice, config: CandidatesConfig) -> pa.T
 def generate(
     interactions: pa.Table, items: pa.Table, user_neighbours: pa.Table, item_neighbours: pa.Table,
     user_factors: pa.Table, item_factors: pa.Table, config: CandidatesConfig,
-    shard_users: int = 10_000,
+    shard_users: int = 10_000, ease: EaseConfig | None = None,
 ) -> pa.Table:
     """The candidates table: per (user, unseen item), each source's score and rank.
 
@@ -336,7 +379,7 @@ def generate(
     did not propose the item) for every source, and n_sources. Rows are ordered by user, item.
     """
     ctx = build_context(interactions, items, user_neighbours, item_neighbours, user_factors,
-                        item_factors, config)
+                        item_factors, config, ease)
     parts = [generate_shard(ctx, s, config) for s in user_shards(ctx.n_users, shard_users)]
     return pa.concat_tables(parts) if parts else CANDIDATES_SCHEMA.empty_table()
 

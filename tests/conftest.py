@@ -38,7 +38,7 @@ def prefect_harness() -> Iterator[None]:
     """One temporary Prefect server (fresh database) for every flow test of the session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):  # loaded CI machines
         yield
 
 

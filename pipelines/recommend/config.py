@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.errors import ConfigError
 from models.als import AlsConfig
+from models.ease import EaseConfig
 from models.neighbours import PearsonConfig
 from pipelines import candidates as cand
 from pipelines import diversify as div
@@ -77,6 +78,8 @@ class RunConfig(BaseModel):
     """ALS candidate source."""
     candidates: cand.CandidatesConfig = Field(default_factory=cand.CandidatesConfig)
     """How many candidates each source proposes."""
+    ease: EaseConfig = Field(default_factory=EaseConfig)
+    """EASE settings (the `ease` candidate source)."""
     ranking: Literal["lightgbm", "fusion"] = "lightgbm"
     """How candidates are ordered before the diversity re-ranker: the LightGBM ranker trained
     on a time split of tonight's data, or reciprocal-rank fusion (the fallback)."""

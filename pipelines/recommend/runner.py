@@ -47,7 +47,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "user_neighbours": ("models/neighbours.py", "pipelines/neighbours.py"),
     "item_neighbours": ("models/neighbours.py", "pipelines/neighbours.py"),
     "als": ("models/als.py", "pipelines/embeddings.py"),
-    "candidates": ("pipelines/candidates.py",),
+    "candidates": ("pipelines/candidates.py", "models/ease.py"),
     "train_rows": ("features/ranking.py", "pipelines/ranking.py"),
     "ranker": ("models/ranker.py", "pipelines/ranking.py", "features/ranking.py"),
     "score": ("features/ranking.py", "pipelines/ranking.py", "models/ranker.py",

@@ -138,7 +138,7 @@ def _candidates(io: StageIO, cfg: RunConfig, h: History) -> None:
                                           "user_factors", "item_factors")}
     ctx = cand.build_context(t["history"], io.read("items"), t["user_neighbours"],
                              t["item_neighbours"], t["user_factors"], t["item_factors"],
-                             cfg.candidates)
+                             cfg.candidates, cfg.ease)
     shards = cand.user_shards(ctx.n_users, cfg.shards.users)
     paths = io.shard_paths(h.table("candidates"), len(shards))
     rows = io.engine.map_shards(_candidates_shard, (ctx, cfg.candidates, shards), paths)
@@ -256,6 +256,7 @@ def _diversify(io: StageIO, cfg: RunConfig) -> None:
 
 
 EVAL_K = 20
+EVAL_SOURCES = ("user_pearson", "item_pearson", "als", "ease")
 LIST_SCHEMA = pa.schema([pa.field(USER_ID, pa.string()), pa.field(ITEM_ID, pa.string()),
                          pa.field(RANK, pa.int32())])
 
@@ -270,8 +271,9 @@ def _evaluate_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
         lists.append(table.select([USER_ID, ITEM_ID, RANK]).cast(LIST_SCHEMA).append_column(
             "model", pa.array([name] * table.num_rows, pa.string())))
 
-    for source in ("user_pearson", "item_pearson", "als"):
-        add(source, offline.source_lists(part, source, EVAL_K))
+    for source in EVAL_SOURCES:
+        if part.num_rows and part.column(f"{source}_rank").null_count < part.num_rows:
+            add(source, offline.source_lists(part, source, EVAL_K))
     fused = div.fuse(part, fusion)
     add("fusion", top_k_from_scores(fused, EVAL_K))
     scored, name = fused, "fusion"
@@ -310,7 +312,9 @@ def _evaluate(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None
     users = sorted(set(test.column(USER_ID).to_pylist()))
     n_items = len(set(train.column(ITEM_ID).to_pylist()))
     ranker_name = "lightgbm" if model is not None else "fusion"
-    order = ["popularity", "user_pearson", "item_pearson", "als", "fusion"]
+    present = set(lists["model"].unique().to_list())
+    order = ["popularity", *(s for s in EVAL_SOURCES if s in present or s != "ease"),
+             "fusion"]
     order += (["lightgbm"] if model is not None else []) + [f"{ranker_name}+diversity"]
     table_rows = []
     for name in order:
@@ -413,7 +417,8 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
             Stage(_at("candidates", h), "candidates",
                   (hist, "items", h.table("user_neighbours"), h.table("item_neighbours"),
                    h.table("user_factors"), h.table("item_factors")),
-                  (h.table("candidates"),), partial(_candidates, h=h), ("candidates",)),
+                  (h.table("candidates"),), partial(_candidates, h=h),
+                  ("candidates", "ease")),
         ]
     source_tables = ("history", "item_neighbours", "user_factors", "item_factors")
     for h in dict.fromkeys(serving_cuts + eval_cuts):
