@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from flows.audio import audio_catalogue
 from flows.generative import train_gan, train_realnvp, train_vae
 from flows.recommend import nightly_recommendations, offline_evaluation
 from flows.style import style_apply, style_optimise, style_train
+
+log = logging.getLogger(__name__)
 
 RECOMMENDATION_FLOWS: tuple[Flow[..., Any], ...] = (nightly_recommendations, offline_evaluation)
 CPU_FLOWS: tuple[Flow[..., Any], ...] = (*RECOMMENDATION_FLOWS, audio_catalogue)
@@ -40,8 +43,13 @@ def _flow_parameters(fl: Flow[..., Any]) -> set[str]:
     return set(inspect.signature(fl.fn).parameters)
 
 
-def parameters_for(fl: Flow[..., Any], inputs: DeploymentInputs) -> dict[str, Any]:
-    """The defaults from `inputs` that `fl` takes, or a ConfigError naming what it does not."""
+def parameters_for(fl: Flow[..., Any], inputs: DeploymentInputs, strict: bool = True
+                   ) -> dict[str, Any]:
+    """The defaults from `inputs` that `fl` takes.
+
+    What it does not take is a ConfigError naming the alternative when `strict` (the nightly
+    flow: the option would silently do nothing), else a warning.
+    """
     accepted = _flow_parameters(fl)
     wanted: dict[str, Any] = {}
     if fl in RECOMMENDATION_FLOWS:
@@ -57,8 +65,13 @@ def parameters_for(fl: Flow[..., Any], inputs: DeploymentInputs) -> dict[str, An
             continue
         if name not in accepted:
             option = "--config" if name == "config_path" else f"--{name}"
-            raise ConfigError(f"the {fl.name} flow has no `{name}` parameter yet, so {option} "
-                              "cannot be served; describe the input in a --config file")
+            where = ("[output] root" if name == "output" else "the [source] section")
+            message = (f"the {fl.name} flow has no `{name}` parameter, so {option} does not "
+                       f"apply to it; set {where} in a --config file instead")
+            if strict:
+                raise ConfigError(message)
+            log.warning("%s", message)
+            continue
         params[name] = str(Path(value).resolve()) if isinstance(value, Path) else value
     return params
 
@@ -78,7 +91,7 @@ def deployments(cron: str = "0 2 * * *", timezone: str = "UTC",
         description=nightly_recommendations.description)]
     for fl in (*CPU_FLOWS[1:], *GPU_FLOWS):
         out.append(fl.to_deployment(
-            name=fl.name, parameters=parameters_for(fl, inputs),
+            name=fl.name, parameters=parameters_for(fl, inputs, strict=False),
             tags=["cpu"] if fl in CPU_FLOWS else ["gpu"], description=fl.description))
     return out
 
