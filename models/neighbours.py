@@ -127,7 +127,7 @@ def _prepare_rows(indptr: np.ndarray, data: np.ndarray, mode: int
                   ) -> tuple[np.ndarray, np.ndarray, int]:
     """Per entry the value the kernel accumulates, per row a statistic, and the constant rows.
 
-    pearson: (r / max|r| - mean) / max|that|, in [-1, 1]; row_stat unused.
+    pearson: (r - m) / max|r - m| in [-1, 1], m the row's mean; row_stat unused.
     cosine: r / max|r|; row_stat = the row's norm after that scaling.
     jaccard: 1.0; row_stat = the row's entry count.
     Returns (values (nnz,), row_stat (n_rows,), number of non-empty rows with one value).
@@ -150,25 +150,35 @@ def _prepare_rows(indptr: np.ndarray, data: np.ndarray, mode: int
             row_stat[u] = hi - lo
             continue
         if scale == 0.0:
-            values[lo:hi] = 0.0
+            values[lo:hi] = 0.0  # all zero: no direction, no variance
             continue
-        total, squares = 0.0, 0.0
-        for p in range(lo, hi):
-            values[p] = data[p] / scale
-            total += values[p]
-            squares += values[p] * values[p]
         if mode == _COSINE:
+            squares = 0.0
+            for p in range(lo, hi):
+                values[p] = data[p] / scale
+                squares += values[p] * values[p]
             row_stat[u] = math.sqrt(squares)
             continue
-        mean = total / (hi - lo)
+        if same:
+            values[lo:hi] = 0.0  # one value: no variance on any co-rated set
+            continue
+        # Centre on the raw values, so that r - m is exact (values near 1e6 keep their
+        # noise); the mean is taken in scaled units (no overflow) and only needs to be
+        # close, as any shift leaves Pearson unchanged. Halving first keeps r - m finite.
+        half = 0.5 if scale > 1e300 else 1.0
+        total = 0.0
+        for p in range(lo, hi):
+            total += data[p] / scale
+        mean = total / (hi - lo) * (scale * half)
         spread = 0.0
         for p in range(lo, hi):
-            values[p] -= mean
+            values[p] = data[p] * half - mean
             spread = max(spread, abs(values[p]))
-        if same or spread == 0.0:
-            values[lo:hi] = 0.0  # one value: no variance on any co-rated set
+        if spread == 0.0:
+            values[lo:hi] = 0.0
         else:
-            values[lo:hi] /= spread
+            for p in range(lo, hi):
+                values[p] /= spread
     return values, row_stat, constant
 
 
