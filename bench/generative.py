@@ -28,7 +28,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.generative.classifier import WEIGHTS, digit_split, load_judge  # noqa: E402
-from models.generative.gan import GANTrainer  # noqa: E402
+from models.generative.gan import GANConfig, GANTrainer  # noqa: E402
 from models.generative.realnvp import RealNVPConfig  # noqa: E402
 from models.generative.training import TrainConfig, evaluate_in_batches, fit  # noqa: E402
 from models.generative.vae import VAEConfig  # noqa: E402
@@ -175,7 +175,7 @@ def gaussian_nll(over: dict[str, Any]) -> float:
 
 
 def bench_gan(device: torch.device, epochs: int | None, root: Path,
-              saturating_epochs: int) -> None:
+              saturating_epochs: int, run: Path | None = None) -> None:
     judge = load_judge(str(device))
     xt, _, xv, yv = digit_split()
     real = judge.score(xv, yv)
@@ -184,6 +184,9 @@ def bench_gan(device: torch.device, epochs: int | None, root: Path,
           f"{real['label_agreement']:.4f}; real validation digits with confidence > 0.9: "
           f"{real['confident_share']:.3f} (the reference); feature distance of {len(xv)} real "
           f"training digits to the validation digits: {train_fd:.2f}")
+    if run is not None:  # judge a published run instead of training one
+        report_gan(run, device, real["confident_share"])
+        return
     runs = [{"epochs": epochs} if epochs else {}]
     if saturating_epochs:
         runs.append({"epochs": saturating_epochs, "generator_loss": "saturating",
@@ -192,33 +195,47 @@ def bench_gan(device: torch.device, epochs: int | None, root: Path,
         started = time.perf_counter()
         cpu_started = time.process_time()
         gan = train_model("gan", make_config("gan", over), device=device, root=root)
-        gan_s = time.perf_counter() - started
-        cpu_s = time.process_time() - cpu_started
-        cfg = load_trained(gan.checkpoint, device).config
-        print(f"[gan] {cfg.epochs} epochs, {cfg.generator_loss} loss, conditional "
-              f"{cfg.conditional}: {gan_s:.0f}s wall, {cpu_s:.0f} CPU s "
-              f"({torch.get_num_threads()} thread(s)) on {device}; samples {gan.images['samples']}")
-        cum = 0.0
-        print("  epoch  confident  label agree  feature dist  cumulative train CPU s")
-        for row in gan.epoch_rows:
-            cum += row["train_cpu_seconds"]
-            print(f"  {int(row['epoch']):5d}  {row['val_confident_share']:9.3f}  "
-                  f"{row.get('val_label_agreement', float('nan')):11.3f}  "
-                  f"{row['val_feature_distance']:12.2f}  {cum:8.0f}")
-        checkpoints = {"last": gan.checkpoint, "best": gan.best_checkpoint}
-        for which, path in checkpoints.items():
-            if path is None:
-                continue
-            trainer = load_trained(path, device)
-            assert isinstance(trainer, GANTrainer)
-            q = trainer.sample_quality(2000, seed=123)  # fresh noise, not the per-epoch z
-            epoch = gan.quality["best_epoch"] if which == "best" else cfg.epochs
-            print(f"  {which} checkpoint (epoch {epoch}): "
-                  f"{q['confident_share']:.3f} of 2000 generated digits with confidence > 0.9 "
-                  f"(ratio to real {q['confident_share'] / real['confident_share']:.3f}); "
-                  f"label agreement {q.get('label_agreement', float('nan')):.3f}; feature "
-                  f"distance {q['feature_distance']:.2f}")
-        print_gradient_log(gan.folder)
+        print(f"[gan] trained in {time.perf_counter() - started:.0f}s wall, "
+              f"{time.process_time() - cpu_started:.0f} CPU s "
+              f"({torch.get_num_threads()} thread(s)) on {device}")
+        report_gan(gan.folder, device, real["confident_share"])
+
+
+def report_gan(folder: Path, device: torch.device, real_share: float) -> None:
+    """Per-epoch quality of a published GAN run, then its last and best checkpoints judged."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((folder.parents[1] / "manifest.json").read_text())
+    rows = pq.read_table(folder / "metrics.parquet").to_pylist()
+    cfg = load_trained(folder / "checkpoint.pt", device).config
+    assert isinstance(cfg, GANConfig)
+    changed = {k: v for k, v in cfg.model_dump().items() if GANConfig().model_dump()[k] != v}
+    print(f"[gan] {folder}: {cfg.epochs} epochs, {cfg.generator_loss} loss, "
+          f"config changes from the defaults: {changed or 'none'}; samples {folder}/samples.png")
+    cum = 0.0
+    print("  epoch  confident  label agree  feature dist  cumulative train CPU s")
+    for row in rows:
+        cum += row.get("train_cpu_seconds", float("nan"))
+        print(f"  {int(row['epoch']):5d}  {row['val_confident_share']:9.3f}  "
+              f"{row.get('val_label_agreement', float('nan')):11.3f}  "
+              f"{row['val_feature_distance']:12.2f}  {cum:8.0f}")
+    best_epoch = manifest["quality"]["best_epoch"]
+    for which, name, epoch in (("last", "checkpoint.pt", cfg.epochs),
+                               ("best", "best.pt", best_epoch)):
+        if not (folder / name).is_file():
+            continue
+        trainer = load_trained(folder / name, device)
+        assert isinstance(trainer, GANTrainer)
+        q = trainer.sample_quality(2000, seed=123)  # fresh noise, not the per-epoch z
+        print(f"  {which} checkpoint (epoch {epoch}): {q['confident_share']:.3f} of 2000 "
+              f"generated digits with confidence > 0.9 (ratio to real "
+              f"{q['confident_share'] / real_share:.3f}); label agreement "
+              f"{q.get('label_agreement', float('nan')):.3f}; mean top probability "
+              f"{q['mean_confidence']:.3f}; feature distance {q['feature_distance']:.2f}")
+    if (folder / "steps.parquet").is_file():
+        print_gradient_log(folder)
 
 
 def print_gradient_log(folder: Path, rows: int = 12) -> None:
@@ -242,6 +259,8 @@ def main() -> None:
     parser.add_argument("--gan-saturating-epochs", type=int, default=3,
                         help="also train this many epochs with the saturating loss (0: skip)")
     parser.add_argument("--output", type=Path, default=None, help="keep runs here (default tmp)")
+    parser.add_argument("--gan-run", type=Path, default=None,
+                        help="judge this published runs/<id>/generative/gan folder, no training")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     set_threads()
@@ -254,7 +273,7 @@ def main() -> None:
     if "realnvp" in which:
         bench_realnvp(device, args.epochs, root)
     if "gan" in which:
-        bench_gan(device, args.epochs, root, args.gan_saturating_epochs)
+        bench_gan(device, args.epochs, root, args.gan_saturating_epochs, args.gan_run)
 
 
 if __name__ == "__main__":
