@@ -58,6 +58,26 @@ class LambdaRanker:
         import lightgbm as lgb
 
         c = self.config
+        params, (xt, yt, gt), (xv, yv, gv) = self.prepare(x, y, groups, features)
+        dtrain = lgb.Dataset(xt, yt, group=gt, feature_name=self.features, free_raw_data=True)
+        dvalid = lgb.Dataset(xv, yv, group=gv, reference=dtrain)
+        self._booster = lgb.train(
+            params, dtrain, num_boost_round=c.epochs, valid_sets=[dvalid],
+            callbacks=[lgb.early_stopping(c.early_stopping, verbose=False)],
+        )
+        self.best_iteration = int(self._booster.best_iteration or c.epochs)
+        return self
+
+    Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    def prepare(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, features: list[str]
+                ) -> tuple[dict[str, Any], Arrays, Arrays]:
+        """LightGBM params and the (x, y, group sizes) of the train and validation queries.
+
+        Groups without a positive are dropped; a seeded share of the rest is held out for
+        early stopping. Shared by the in-process fit and the distributed one.
+        """
+        c = self.config
         self.features = list(features)
         uniq, starts, sizes = np.unique(groups, return_index=True, return_counts=True)
         order = np.argsort(starts)
@@ -82,14 +102,12 @@ class LambdaRanker:
             "num_threads": c.threads, "verbose": -1,
         }
         tr, va = is_train[row_group], is_valid[row_group]
-        dtrain = lgb.Dataset(x[tr], y[tr], group=sizes[is_train], feature_name=self.features,
-                             free_raw_data=True)
-        dvalid = lgb.Dataset(x[va], y[va], group=sizes[is_valid], reference=dtrain)
-        self._booster = lgb.train(
-            params, dtrain, num_boost_round=c.epochs, valid_sets=[dvalid],
-            callbacks=[lgb.early_stopping(c.early_stopping, verbose=False)],
-        )
-        self.best_iteration = int(self._booster.best_iteration or c.epochs)
+        return (params, (x[tr], y[tr], sizes[is_train]), (x[va], y[va], sizes[is_valid]))
+
+    def set_booster(self, booster: Any, best_iteration: int) -> LambdaRanker:
+        """Adopt a booster trained elsewhere (e.g. by LightGBM on a Dask cluster)."""
+        self._booster = booster
+        self.best_iteration = int(best_iteration)
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:

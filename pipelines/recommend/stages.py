@@ -188,7 +188,7 @@ def _ranker(io: StageIO, cfg: RunConfig, cutoffs: tuple[History, ...], out: str)
         if not frames:
             raise rk.TooLittleData("no user has enough interactions to hold out a training "
                                    "target")
-        model: dict[str, Any] = rk.fit_on(frame, cfg.ranker).to_dict()
+        model: dict[str, Any] = rk.fit_on(frame, cfg.ranker, io.engine).to_dict()
     except rk.TooLittleData as exc:
         model = {"fallback": "fusion", "reason": str(exc)}
     io.write_file(out, json.dumps(model, sort_keys=True).encode())

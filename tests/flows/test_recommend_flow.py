@@ -66,3 +66,27 @@ def test_cli_rejects_config_typos(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["show-config", "--config", str(bad)])
     assert result.exit_code == 2
     assert "unknown key 'diversify.max_per_autor'" in result.output
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_bad_input_through_the_default_engine_is_not_retried(prefect_harness: None,
+                                                            tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from features.errors import DataError
+    from flows.recommend import nightly_recommendations
+
+    raw = tiny_config_dict(tmp_path)
+    (tmp_path / "empty.csv").write_text("user,item,rating,ts\n")
+    raw["source"]["path"] = str(tmp_path / "empty.csv")  # type: ignore[index]
+    with pytest.raises(DataError, match="no data rows"):
+        nightly_recommendations(config=RunConfig.from_dict(raw), run_id="bad-input")
+    assert latest_run(tmp_path / "out") is None
+    with get_client(sync_client=True) as client:
+        flow_run = next(r for r in client.read_flow_runs() if r.name == "bad-input")
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run.id])))
+    ingest = [t for t in tasks if t.name == "ingest"]
+    assert len(ingest) == 1 and ingest[0].run_count == 1  # a DataError is never retried

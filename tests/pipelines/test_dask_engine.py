@@ -88,3 +88,22 @@ def test_killed_worker_never_publishes_partial_output(client: Any, tmp_path: Pat
     local = run_nightly(cfg_at(tmp_path, "ref", ranking="fusion",
                                evaluation={"enabled": False}, diversify={"n": 4}))
     assert published(res.path, "recommendations").equals(published(local.path, "recommendations"))
+
+
+def test_distributed_lightgbm_ranker_stays_close_to_the_local_one(client: Any,
+                                                                  tmp_path: Path) -> None:
+    ranker = {"distributed_min_rows": 1, "model": {"min_data_in_leaf": 5}}
+    local = run_nightly(cfg_at(tmp_path, "local", ranker=ranker))
+    dask = run_nightly(cfg_at(tmp_path, "dask", ranker=ranker), engine=DaskEngine(client))
+    for name in ("candidates", "user_neighbours"):
+        assert published(dask.path, name).equals(published(local.path, name))
+    a = pq.read_table(local.path / "recommendations.parquet").to_pylist()
+    b = pq.read_table(dask.path / "recommendations.parquet").to_pylist()
+    pairs_a = {(r["user_id"], r["item_id"]) for r in a}
+    pairs_b = {(r["user_id"], r["item_id"]) for r in b}
+    assert len(pairs_a & pairs_b) >= 0.95 * len(pairs_a)
+    ev_a = {r["model"]: r["ndcg_at_10"] for r in pq.read_table(local.path / "evaluation.parquet")
+            .to_pylist()}
+    ev_b = {r["model"]: r["ndcg_at_10"] for r in pq.read_table(dask.path / "evaluation.parquet")
+            .to_pylist()}
+    assert abs(ev_b["lightgbm"] - ev_a["lightgbm"]) <= 0.02 * max(ev_a["lightgbm"], 1e-9)
