@@ -181,3 +181,9 @@ def test_actnorm_initialises_from_the_first_training_batch() -> None:
     again, _ = layer(x * 2)  # later batches do not re-initialise
     assert torch.allclose(again, (x * 2 + layer.loc) * layer.log_scale.exp())
     assert float((layer.inverse(z) - x).abs().max().detach()) < 1e-4 * float(x.abs().max())
+
+
+def test_quality_metric_is_bits_per_dim_or_moons_nll() -> None:
+    assert RealNVPTrainer(MNIST).quality.metric == "val_bpd"
+    assert RealNVPTrainer(MOONS).quality.metric == "val_nll"
+    assert RealNVPTrainer(MNIST).quality.mode == "min"

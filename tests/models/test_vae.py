@@ -112,3 +112,10 @@ def test_config_rejects_unknown_fields_and_is_frozen() -> None:
     with pytest.raises(ValueError):
         TINY.latent_size = 3  # type: ignore[misc]
     assert "dimension of the latent" in (VAEConfig.model_fields["latent_size"].description or "")
+
+
+def test_quality_metric_is_the_validation_negative_elbo() -> None:
+    trainer = VAETrainer(TINY)
+    assert (trainer.quality.metric, trainer.quality.mode) == ("val_loss", "min")
+    assert trainer.quality.better(1.0, 2.0) and not trainer.quality.better(2.0, 1.0)
+    assert trainer.quality.better(5.0, None) and not trainer.quality.better(math.nan, None)
