@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from prefect import Flow, serve
@@ -65,9 +67,10 @@ def parameters_for(fl: Flow[..., Any], inputs: DeploymentInputs, strict: bool = 
             continue
         if name not in accepted:
             option = "--config" if name == "config_path" else f"--{name}"
-            where = ("[output] root" if name == "output" else "the [source] section")
-            message = (f"the {fl.name} flow has no `{name}` parameter, so {option} does not "
-                       f"apply to it; set {where} in a --config file instead")
+            message = f"the {fl.name} flow has no `{name}` parameter, so {option} does not apply"
+            if name != "config_path":
+                where = "[output] root" if name == "output" else "the [source] section"
+                message += f"; set {where} in a --config file instead"
             if strict:
                 raise ConfigError(message)
             log.warning("%s", message)
@@ -103,4 +106,12 @@ def serve_all(cron: str = "0 2 * * *", timezone: str = "UTC",
     `pause_on_shutdown=False`: stopping the server process (a redeploy, a reboot) must not
     silently pause the nightly schedule.
     """
-    serve(*deployments(cron, timezone, inputs), pause_on_shutdown=False)
+    served = deployments(cron, timezone, inputs)
+    # Until Prefect's runner installs its own SIGTERM handler (graceful: stop polling, cancel
+    # runs in flight), a service manager's stop must end this process cleanly too.
+    signal.signal(signal.SIGTERM, _interrupt)
+    serve(*served, pause_on_shutdown=False)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # serve() shuts down on it and returns

@@ -218,3 +218,12 @@ def test_python_dash_m_flows_runs_the_cli() -> None:
     done = subprocess.run([sys.executable, "-m", "flows", "--version"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("recsys "), done.stderr
+
+
+def test_evaluate_locally_writes_the_report(tmp_path: Path) -> None:
+    config = tiny_toml(tmp_path, ranking="fusion")
+    result = runner.invoke(app, ["evaluate", "-e", "local", "-c", str(config), "--run-id", "ev",
+                                 "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "runs" / "ev" / "evaluation.md").is_file()
+    assert "written to" in result.output
