@@ -181,7 +181,7 @@ def row(name: str, m: Metrics) -> str:
             f"{m.worst_max_per_author_at_10} |")
 
 
-def run(key: str, cfg: RunConfig, ease_grid: Sequence[float]) -> None:
+def run(key: str, cfg: RunConfig, ease_grid: Sequence[float], ease_only: bool = False) -> None:
     """Validate, then evaluate one data set and print its tables."""
     title, source = datasets()[key]
     print(f"\n## {title}", flush=True)
@@ -202,6 +202,8 @@ def run(key: str, cfg: RunConfig, ease_grid: Sequence[float]) -> None:
         reg = choose_ease_reg(inner, data.items, ease_grid)
     else:
         print(f"  EASE skipped: {n_val:,} items > max_items {EaseConfig().max_items:,}")
+    if ease_only:
+        return
     t = time.perf_counter()
     _, scored_val, ranker = ranker_scored(inner.train, data.items, cfg)
     print(f"  {ranker} on validation: {time.perf_counter() - t:.0f} s", flush=True)
@@ -273,12 +275,14 @@ def main() -> None:
                         choices=["embedded", "ml1m", "lastfm", "all"])
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--ease-grid", type=float, nargs="+", default=list(EASE_GRID))
+    parser.add_argument("--ease-only", action="store_true",
+                        help="only choose EASE's lambda on validation (no ranker, no test)")
     args = parser.parse_args()
     cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
     keys = list(datasets()) if "all" in args.dataset else args.dataset
     with threadpool_limits(1, "blas"):
         for key in keys:
-            run(key, cfg, args.ease_grid)
+            run(key, cfg, args.ease_grid, args.ease_only)
 
 
 if __name__ == "__main__":
