@@ -29,9 +29,9 @@ from tests.conftest import cuda_devices
 set_threads(1)
 # The classic unconditional GAN for the loss and gradient checks; CONDITIONAL is the default.
 TINY = GANConfig(latent_size=8, width=8, batch_size=32, learning_rate=2e-3, conditional=False,
-                 augment=False, label_smoothing=0.0, quality_samples=50)
+                 augment=False, label_smoothing=0.0, auxiliary_weight=0.0, quality_samples=50)
 CONDITIONAL = TINY.model_copy(update={"conditional": True, "augment": True,
-                                     "label_smoothing": 0.1})
+                                     "label_smoothing": 0.1})  # projection D only
 
 
 def real_digits(n: int = 32) -> torch.Tensor:
@@ -171,6 +171,7 @@ def test_config_rejects_unknown_loss() -> None:
 def test_defaults_are_the_conditional_spectral_norm_recipe() -> None:
     cfg = GANConfig()
     assert cfg.conditional and cfg.spectral_norm and cfg.augment and cfg.ema_decay > 0
+    assert cfg.auxiliary_weight == 1.0 and cfg.label_smoothing == 0.1
     assert (cfg.learning_rate, cfg.beta1, cfg.generator_loss) == (2e-4, 0.5, "non_saturating")
     d = Discriminator(cfg)
     assert all(hasattr(m, "parametrizations") for m in d.body if isinstance(m, torch.nn.Conv2d))
@@ -243,9 +244,8 @@ def test_evaluate_reports_the_quality_metric() -> None:
     assert trainer.quality.metric == "val_confident_share" and trainer.quality.mode == "max"
 
 
-def test_auxiliary_classifier_needs_labels_and_learns_real_digits() -> None:
-    with pytest.raises(ValueError, match="conditional"):
-        GANConfig(auxiliary_weight=1.0, conditional=False)
+def test_auxiliary_classifier_learns_real_digits() -> None:
+    assert Discriminator(GANConfig(conditional=False)).classes is None  # no labels, no head
     torch.manual_seed(0)
     trainer = GANTrainer(CONDITIONAL.model_copy(update={"auxiliary_weight": 1.0,
                                                         "augment": False}))
