@@ -52,8 +52,9 @@ class DiversifyConfig(BaseModel):
     author_penalty: float = Field(0.0, ge=0.0)
     """MMR-style soft penalty, in list positions, on every earlier-kept item by the same author:
     the k-th item of an author competes as if ranked `author_penalty * (k - 1)` places lower.
-    0 (the default, chosen on validation) keeps the best-by-score fill, which is the optimal
-    fill of the capped slots when item relevances are independent (see `diversify`)."""
+    0 (the default) keeps the best-by-score fill, the optimal fill of the capped slots when item
+    relevances are independent (see `diversify`). On validation (bench/quality.py, cap 2) a
+    penalty of 10 changed NDCG@10 by -0.8% on ML-1M and +0.5% on MovieLens latest-small."""
 
 
 def _sources_list(candidates: pl.DataFrame, names: Sequence[str]) -> pl.Expr:
@@ -124,8 +125,9 @@ def diversify(scored: pa.Table, items: pa.Table, config: DiversifyConfig) -> pa.
 
     Why the default fill is by score alone: the lists that satisfy the cap form a partition
     matroid, and for DCG with independent per-item relevance the greedy best-by-score choice is
-    optimal among them. A positive penalty spreads authors further (it is measured by
-    bench/quality.py and `pipelines.tradeoff`) but cannot raise expected NDCG under that model.
+    optimal among them. A positive penalty spreads authors further; it cannot raise expected
+    NDCG under that model, and only helps where the ranker over-rates an author's further
+    items (measured with bench/quality.py and `pipelines.tradeoff`).
 
     Users are independent (a shard of users gives the same rows as the whole table), provided
     the same `items` table is passed: the id order used for ties is that of the catalogue plus
