@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from features.errors import ConfigError
 from pipelines.recommend import cache as stage_cache
 from pipelines.recommend import manifest as mf
@@ -20,7 +22,7 @@ from pipelines.recommend.config import RunConfig, section
 from pipelines.recommend.engine import Engine, LocalEngine
 from pipelines.recommend.report import write_report
 from pipelines.recommend.stages import Plan, Stage, plan
-from pipelines.recommend.tables import StageIO
+from pipelines.recommend.tables import StageIO, part_paths
 from pipelines.recommend.warehouse import refresh_views
 from pipelines.store import (
     RunFolder,
@@ -109,7 +111,7 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
         log.info("stage %s: unchanged inputs, reused cache %s", stage.name, key[:12])
         return StageReport(stage.name, hit["rows"], round(time.perf_counter() - start, 3),
                            cached=True, info=hit["info"])
-    log.info("stage %s: started", stage.name)
+    log.info("stage %s: started on %s", stage.name, input_sizes(folder, stage) or "no tables")
     io = StageIO(folder, engine or LocalEngine())
     info = stage.fn(io, cfg)
     fault_point(stage.name)  # crash tests kill the process here, after the stage's files
@@ -120,6 +122,17 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
         stage_cache.store(entry, folder, io.files, io.rows, info)
     log.info("stage %s: %s in %.2f s", stage.name, io.rows, seconds)
     return StageReport(stage.name, io.rows, round(seconds, 3), info=info)
+
+
+def input_sizes(folder: Path, stage: Stage) -> dict[str, int]:
+    """Rows of each input table of a stage, from the Parquet footers (for the log)."""
+    out = {}
+    for name in stage.reads:
+        if name.endswith(".json"):
+            continue
+        out[name] = sum(pq.read_metadata(p).num_rows for p in part_paths(folder, name)
+                        if p.exists())
+    return out
 
 
 @dataclass

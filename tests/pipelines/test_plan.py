@@ -87,7 +87,8 @@ def test_partial_config_sections_keep_the_documented_defaults() -> None:
     cfg = RunConfig.from_dict({"user_neighbours": {"block_elements": 1000},
                                "item_neighbours": {"shrinkage": 5.0}})
     assert (cfg.user_neighbours.k, cfg.user_neighbours.min_support) == (50, 5)
-    assert (cfg.item_neighbours.k, cfg.item_neighbours.min_support) == (50, 2)
+    assert (cfg.item_neighbours.k, cfg.item_neighbours.min_support) == (50, 5)
+    assert cfg.item_neighbours.shrinkage == 5.0 and RunConfig().item_neighbours.shrinkage == 200
     assert cfg.user_neighbours == RunConfig().user_neighbours.model_copy(
         update={"block_elements": 1000})
 
