@@ -318,9 +318,17 @@ def _scan(t: int, threads: int, indptr: np.ndarray, indices: np.ndarray, values:
                 if var_u <= _ZERO_VARIANCE * sxx or var_v <= _ZERO_VARIANCE * syy:
                     continue
                 cov = sxy - sx * sy * inv_n
-                if cov <= 0.0 and threshold >= 0.0:
-                    continue  # w <= 0 <= threshold: skip the square root
                 den = var_u * var_v
+                # Skip the square root when w cannot pass the threshold nor beat the lower
+                # of both floors: by sign, or clearly (margin 1e-9) by cov^2 < bar^2 * den.
+                bar = max(threshold, min(floor_w[offset + u], floor_w[offset + v]))
+                if cov <= 0.0:
+                    if bar > 0.0 or threshold >= 0.0:
+                        continue
+                elif bar > 0.0:
+                    lift = bar * (1.0 + shrinkage / n)  # the bar before shrinkage
+                    if cov * cov < lift * lift * den * (1.0 - 1e-9):
+                        continue
                 # Values are scaled to [-1, 1]; the product only underflows for co-rated
                 # deviations below ~1e-77 of the row's largest.
                 den = math.sqrt(den) if den > 1e-290 else math.sqrt(var_u) * math.sqrt(var_v)
