@@ -208,17 +208,22 @@ def side_by_side(images: Sequence[np.ndarray], height: int = 256, gap: int = 4) 
 
 
 def random_crops(images: Sequence[torch.Tensor], n: int, size: int,
-                 generator: torch.Generator) -> torch.Tensor:
+                 generator: torch.Generator,
+                 short_side: tuple[float, float] = (1.0, 1.5)) -> torch.Tensor:
     """Draw `n` random `size`x`size` crops with random horizontal flips -> (n, 3, size, size).
 
-    Each crop picks an image uniformly, scales it so its short side lies in [size, 1.5 size]
-    (so crops see varied scales), then crops and flips. Inputs are (1, 3, H, W) tensors.
+    Each crop picks an image uniformly, scales it so its short side lies uniformly in
+    [short_side[0] * size, short_side[1] * size] (so crops see varied scales; at least `size`),
+    then crops and flips. Inputs are (1, 3, H, W) tensors.
     """
+    lo, hi = short_side
+    if not 0 < lo <= hi:
+        raise ValueError(f"short_side must be (lo, hi) with 0 < lo <= hi, got {short_side}")
     out = torch.empty(n, 3, size, size)
     for k in range(n):
         img = images[int(torch.randint(len(images), (1,), generator=generator))]
         h, w = img.shape[-2:]
-        short = size * (1.0 + 0.5 * float(torch.rand(1, generator=generator)))
+        short = size * (lo + (hi - lo) * float(torch.rand(1, generator=generator)))
         scale = short / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
         scaled = torch.nn.functional.interpolate(img, size=(nh, nw), mode="bilinear",

@@ -6,26 +6,60 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefect import flow, tags, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.runtime import flow_run
 
-from models.generative.style import FastTrainConfig, OptimiseConfig, StyleConfig, TransformNetConfig
+from flows.audio import markdown_image, run_name
+from models.generative.style import (
+    Callback,
+    FastTrainConfig,
+    OptimiseConfig,
+    StyleConfig,
+    TransformNetConfig,
+)
 from pipelines import style as jobs
+from pipelines.store import new_run_id
 from pipelines.style import StyleRunResult
 
 GPU_TAGS = ("gpu",)
 
 
 def _report(result: StyleRunResult, title: str, image_key: str | None) -> None:
-    """Attach the figures (and a picture reference) to the flow run as artifacts."""
+    """Attach the figures and the picture (inlined, so the UI renders it) as artifacts."""
     rows = [{"name": k, "value": round(float(v), 6)}
             for k, v in {**result.metrics, **result.timings}.items()]
     create_table_artifact(rows, key=f"style-{title}-figures", description=f"style {title}")
     if image_key and image_key in result.files:
+        path = result.files[image_key]
         create_markdown_artifact(
-            f"# style {title}\n\n![{image_key}]({result.files[image_key]})\n\n"
-            f"Run folder: `{result.run_dir}`\n",
+            f"# style {title}\n\n{markdown_image(path, image_key)}\n\n"
+            f"Run folder: `{result.run_dir.absolute()}`  \nImage: `{path.absolute()}`\n",
             key=f"style-{title}-image",
         )
+
+
+def _progress(what: str, steps: int) -> Callback:
+    """A progress artifact for a run of `steps` steps and the callback that advances it."""
+    artifact = create_progress_artifact(0.0, key=f"style-{what}-progress",
+                                        description=f"style {what}: steps done")
+    every = max(1, steps // 100)
+
+    def advance(record: dict[str, float]) -> None:
+        step = int(record["step"])
+        if step % every == 0 or step >= steps:
+            update_progress_artifact(artifact, min(100.0, 100.0 * step / steps))
+
+    return advance
+
+
+def _run_id(given: str | None) -> str:
+    """The run id: the one given, else the flow run's name (see `run_name`), else a new one."""
+    return given or flow_run.name or new_run_id()
 
 
 @task(name="style-optimise-image", tags=list(GPU_TAGS))
@@ -34,7 +68,9 @@ def optimise_task(content: Path, style: Path, root: Path, size: int, loss_config
                   run_id: str | None) -> StyleRunResult:
     """Optimise the pixels of one image for content + style and write the outputs."""
     return jobs.run_optimise(content, style, root=root, size=size, loss_config=loss_config,
-                             optimise_config=optimise_config, device=device, run_id=run_id)
+                             optimise_config=optimise_config, device=device, run_id=run_id,
+                             progress=True,
+                             callback=_progress("optimise", optimise_config.steps))
 
 
 @task(name="style-train-network", tags=list(GPU_TAGS))
@@ -44,7 +80,8 @@ def train_task(style: Path, images: Path | None, root: Path, loss_config: StyleC
     """Train the feed-forward network for one style and write its checkpoint."""
     return jobs.run_train(style, images, root=root, loss_config=loss_config,
                           net_config=net_config, train_config=train_config, device=device,
-                          run_id=run_id)
+                          run_id=run_id, progress=True,
+                          callback=_progress("train", train_config.steps))
 
 
 @task(name="style-apply-network", tags=list(GPU_TAGS))
@@ -55,7 +92,7 @@ def apply_task(model: Path, images: Sequence[Path], root: Path, size: int | None
                           run_id=run_id)
 
 
-@flow(name="style-optimise")
+@flow(name="style-optimise", flow_run_name=run_name)
 def style_optimise(content: Path = jobs.DEFAULT_CONTENT, style: Path = jobs.DEFAULT_STYLE,
                    root: Path = Path("."), size: int = 256,
                    loss_config: StyleConfig | None = None,
@@ -63,12 +100,12 @@ def style_optimise(content: Path = jobs.DEFAULT_CONTENT, style: Path = jobs.DEFA
                    run_id: str | None = None) -> StyleRunResult:
     """Stylise a content image with a style image by per-image optimisation (Gatys)."""
     result = optimise_task(content, style, root, size, loss_config or StyleConfig(),
-                           optimise_config or OptimiseConfig(), device, run_id)
+                           optimise_config or OptimiseConfig(), device, _run_id(run_id))
     _report(result, "optimise", "side_by_side")
     return result
 
 
-@flow(name="style-train")
+@flow(name="style-train", flow_run_name=run_name)
 def style_train(style: Path = jobs.DEFAULT_STYLE, images: Path | None = None,
                 root: Path = Path("."), loss_config: StyleConfig | None = None,
                 net_config: TransformNetConfig | None = None,
@@ -77,17 +114,18 @@ def style_train(style: Path = jobs.DEFAULT_STYLE, images: Path | None = None,
     """Train a fast style network for one fixed style on crops of a folder of images."""
     result = train_task(style, images, root, loss_config or StyleConfig(),
                         net_config or TransformNetConfig(), train_config or FastTrainConfig(),
-                        device, run_id)
+                        device, _run_id(run_id))
     _report(result, "train", "preview")
     return result
 
 
-@flow(name="style-apply")
+@flow(name="style-apply", flow_run_name=run_name)
 def style_apply(model: Path, images: list[Path] | None = None, root: Path = Path("."),
                 size: int | None = 512, device: str = "auto",
                 run_id: str | None = None) -> StyleRunResult:
     """Stylise images with a trained fast network."""
-    result = apply_task(model, images or [jobs.DEFAULT_CONTENT], root, size, device, run_id)
+    result = apply_task(model, images or [jobs.DEFAULT_CONTENT], root, size, device,
+                        _run_id(run_id))
     _report(result, "apply", next(iter(result.files), None))
     return result
 

@@ -28,6 +28,7 @@ from features.images import (
 )
 from features.resources import data_path
 from models.generative.style import (
+    Callback,
     FastTrainConfig,
     History,
     OptimiseConfig,
@@ -132,10 +133,12 @@ def run_optimise(content: Path = DEFAULT_CONTENT, style: Path = DEFAULT_STYLE, *
                  root: Path = Path("."), size: int = 256,
                  loss_config: StyleConfig | None = None,
                  optimise_config: OptimiseConfig | None = None,
-                 device: str = "auto", run_id: str | None = None) -> StyleRunResult:
+                 device: str = "auto", run_id: str | None = None, progress: bool = False,
+                 callback: Callback | None = None) -> StyleRunResult:
     """Stylise one content image by optimising its pixels; write PNGs, loss curve and timings.
 
-    Content and style are resized to `size` pixels on the long side.
+    Content and style are resized to `size` pixels on the long side. `progress` shows a tqdm
+    bar with one tick per step; `callback` gets each step's loss record.
     """
     loss_config, optimise_config = loss_config or StyleConfig(), optimise_config or OptimiseConfig()
     folder, dev = _start(root, run_id, device)
@@ -148,7 +151,7 @@ def run_optimise(content: Path = DEFAULT_CONTENT, style: Path = DEFAULT_STYLE, *
         loss = PerceptualLoss(vgg, loss_config, s)
         _sync(dev)
         t1 = time.perf_counter()
-        x, history = optimise(loss, c, optimise_config)
+        x, history = optimise(loss, c, optimise_config, callback, progress=progress)
         _sync(dev)
         t2 = time.perf_counter()
         result = StyleRunResult(folder.final)
@@ -179,7 +182,11 @@ def run_optimise(content: Path = DEFAULT_CONTENT, style: Path = DEFAULT_STYLE, *
 
 
 def load_training_images(images: Path | Sequence[Path] | None, size: int) -> list[torch.Tensor]:
-    """Training images as (1, 3, H, W) tensors whose short side is at least `size` pixels."""
+    """Training images as (1, 3, H, W) tensors whose short side is at least `size` pixels.
+
+    Large images are shrunk so their short side is 3 x `size`, which still covers the
+    default crop scales (short side 2-2.5 x the crop size).
+    """
     paths = list_images(images or DEFAULT_TRAIN_IMAGES) if images is None or isinstance(
         images, (str, Path)) else [Path(p) for p in images]
     tensors = []
@@ -188,8 +195,8 @@ def load_training_images(images: Path | Sequence[Path] | None, size: int) -> lis
         h, w = img.shape[:2]
         if min(h, w) < size:  # upscale so a crop fits; long-side target keeps the aspect
             img = load_image(path, int(np.ceil(size * max(h, w) / min(h, w))))
-        elif max(h, w) > 4 * size:  # no point keeping huge images for small crops
-            img = load_image(path, 4 * size)
+        elif min(h, w) > 3 * size:  # no point keeping huge images for small crops
+            img = load_image(path, int(np.ceil(3 * size * max(h, w) / min(h, w))))
         tensors.append(to_tensor(img))
     return tensors
 
@@ -198,13 +205,15 @@ def run_train(style: Path = DEFAULT_STYLE, images: Path | Sequence[Path] | None 
               root: Path = Path("."), loss_config: StyleConfig | None = None,
               net_config: TransformNetConfig | None = None,
               train_config: FastTrainConfig | None = None, device: str = "auto",
-              run_id: str | None = None, preview: Path | None = DEFAULT_CONTENT) -> StyleRunResult:
+              run_id: str | None = None, preview: Path | None = DEFAULT_CONTENT,
+              progress: bool = False, callback: Callback | None = None) -> StyleRunResult:
     """Train a fast transformation network for one style; write the checkpoint and loss curve.
 
     Training crops come from `images` (a folder or files; default the shipped content photos)
     with random scale and flips. The style is resized to `train_config.style_size` (default the
     crop size) on its long side.
-    `preview` (if given) is stylised at the crop size as a sample.
+    `preview` (if given) is stylised at the style size as a sample. `progress` shows one tqdm
+    bar over the steps; `callback` gets each step's loss record.
     """
     loss_config, net_config = loss_config or StyleConfig(), net_config or TransformNetConfig()
     train_config = train_config or FastTrainConfig()
@@ -218,7 +227,8 @@ def run_train(style: Path = DEFAULT_STYLE, images: Path | Sequence[Path] | None 
         loss = PerceptualLoss(load_vgg(dev), loss_config, s)
         net = TransformNet(net_config).to(dev)
         t1 = time.perf_counter()
-        history = train_fast(net, loss, train_images, train_config)
+        history = train_fast(net, loss, train_images, train_config, callback,
+                             progress=progress)
         _sync(dev)
         t2 = time.perf_counter()
         out = folder.path(TOPIC)

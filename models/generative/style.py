@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -111,12 +112,26 @@ class FastTrainConfig(BaseModel):
     style_size: int | None = Field(default=256, ge=16)
     """Long side of the style image S in pixels (None: `crop_size`). It fixes the pixel scale
     of the learned strokes; crops may be smaller than S since Gram matrices are size-normalised."""
+    short_side: tuple[PositiveFloat, PositiveFloat] = (2.0, 2.5)
+    """Before each crop its image is scaled so that its short side lies uniformly in this range,
+    in multiples of `crop_size` (2-2.5 x 128 px: the scale of a 256 px image, the size the
+    network is judged at)."""
     learning_rate: PositiveFloat = 1e-3
-    """Adam step size."""
+    """Adam step size (the peak, with `lr_schedule="cosine"`)."""
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    """Constant, or cosine decay from `learning_rate` to 1% of it over `steps`."""
     seed: int = 0
     """Seed for initial weights and crops."""
     log_every: PositiveInt = 50
     """Log the loss every this many steps."""
+
+    @model_validator(mode="after")
+    def _short_side_ordered(self) -> FastTrainConfig:
+        lo, hi = self.short_side
+        if lo > hi or lo < 1.0:
+            raise ValueError(f"short_side must be (lo, hi) with 1 <= lo <= hi, "
+                             f"got {self.short_side}")
+        return self
 
 
 class LossTerms(NamedTuple):
@@ -186,6 +201,32 @@ class PerceptualLoss(nn.Module):
         return {name: float(value.mean()) for name, value in terms._asdict().items()}
 
 
+class _Bar:
+    """A tqdm bar (or nothing) that shows the latest loss; `update` advances it one step."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def update(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            self.bar.update(1)
+
+
+@contextmanager
+def progress_bar(total: int, desc: str, enabled: bool) -> Iterator[_Bar]:
+    """One tqdm bar over `total` steps with ETA while log records print above it (if enabled)."""
+    if not enabled:
+        yield _Bar(None)
+        return
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(), tqdm(total=total, desc=desc, unit="step",
+                                       dynamic_ncols=True) as bar:
+        yield _Bar(bar)
+
+
 # ---------------------------------------------------------------- optimisation (Gatys)
 
 History = list[dict[str, float]]
@@ -200,13 +241,15 @@ def _record(step: int, terms: LossTerms, start: float) -> dict[str, float]:
 
 
 def optimise(loss: PerceptualLoss, content: torch.Tensor, config: OptimiseConfig,
-             callback: Callback | None = None) -> tuple[torch.Tensor, History]:
+             callback: Callback | None = None, *,
+             progress: bool = False) -> tuple[torch.Tensor, History]:
     """Minimise L(C, S, X) over the pixels of X; returns X clamped to [0, 1] and the loss per step.
 
     `content` is (1, 3, H, W) on the loss's device. A step is one loss-and-gradient evaluation,
     so L-BFGS and Adam runs of equal `steps` cost about the same. L-BFGS runs as one call over
     all steps and sees the loss of clamp(X, 0, 1) (clamping X itself mid-run would corrupt its
-    curvature pairs); Adam clamps X to [0, 1] after every step.
+    curvature pairs); Adam clamps X to [0, 1] after every step. `progress` shows a tqdm bar
+    with one tick per step.
     """
     target = loss.content_target(content)
     if config.init == "content":
@@ -238,19 +281,21 @@ def optimise(loss: PerceptualLoss, content: torch.Tensor, config: OptimiseConfig
         history.append(record)
         if callback:
             callback(record)
+        bar.update(record["total"])
         step = len(history)
         if step % config.log_every == 0 or step == config.steps:
             log.info("optimise step %d/%d loss %.4f (content %.4f, style %.4f)", step,
                      config.steps, record["total"], record["content"], record["style"])
         return total
 
-    if lbfgs:
-        opt.step(closure)  # stops after `steps` evaluations
-    else:
-        for _ in range(config.steps):
-            opt.step(closure)
-            with torch.no_grad():
-                x.clamp_(0, 1)
+    with progress_bar(config.steps, "style optimise", progress) as bar:
+        if lbfgs:
+            opt.step(closure)  # stops after `steps` evaluations
+        else:
+            for _ in range(config.steps):
+                opt.step(closure)
+                with torch.no_grad():
+                    x.clamp_(0, 1)
     return x.detach().clamp(0, 1), history
 
 
@@ -324,29 +369,41 @@ class TransformNet(nn.Module):
 
 
 def train_fast(net: TransformNet, loss: PerceptualLoss, images: Sequence[torch.Tensor],
-               config: FastTrainConfig, callback: Callback | None = None) -> History:
+               config: FastTrainConfig, callback: Callback | None = None, *,
+               progress: bool = False) -> History:
     """Fit a_theta to minimise the mean of L(x, S, a_theta(x)) over random crops of `images`.
 
     `images` are (1, 3, H, W) CPU tensors in [0, 1]; crops move to the network's device.
+    `progress` shows one tqdm bar over the steps (with ETA; log lines print above it).
     """
     device = next(net.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=config.steps, eta_min=0.01 * config.learning_rate)
+        if config.lr_schedule == "cosine" else None)
     net.train()
     history: History = []
     start = time.perf_counter()
-    for step in range(1, config.steps + 1):
-        batch = random_crops(images, config.batch_size, config.crop_size, gen).to(device)
-        terms = train_step(net, loss, batch, opt)
-        if not torch.isfinite(terms.total).all():
-            raise FloatingPointError(f"training diverged at step {step}; lower --learning-rate")
-        record = _record(step, terms, start)
-        history.append(record)
-        if callback:
-            callback(record)
-        if step % config.log_every == 0 or step == config.steps:
-            log.info("train step %d/%d loss %.4f (content %.4f, style %.4f)", step, config.steps,
-                     record["total"], record["content"], record["style"])
+    with progress_bar(config.steps, "style train", progress) as bar:
+        for step in range(1, config.steps + 1):
+            batch = random_crops(images, config.batch_size, config.crop_size, gen,
+                                 config.short_side).to(device)
+            lr = opt.param_groups[0]["lr"]  # the step size this step uses
+            terms = train_step(net, loss, batch, opt)
+            if sched is not None:
+                sched.step()
+            if not torch.isfinite(terms.total).all():
+                raise FloatingPointError(f"training diverged at step {step}; "
+                                         "lower --learning-rate")
+            record = _record(step, terms, start) | {"lr": lr}
+            history.append(record)
+            if callback:
+                callback(record)
+            bar.update(record["total"])
+            if step % config.log_every == 0 or step == config.steps:
+                log.info("train step %d/%d loss %.4f (content %.4f, style %.4f)", step,
+                         config.steps, record["total"], record["content"], record["style"])
     net.eval()
     return history
 

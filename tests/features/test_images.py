@@ -133,6 +133,20 @@ def test_random_crops_are_seeded_and_in_range() -> None:
     assert a.min() >= 0 and a.max() <= 1
 
 
+def test_random_crops_scale_range() -> None:
+    """short_side sets the scale: (1, 1) crops the image at its own short side, unscaled."""
+    image = torch.rand(1, 3, 32, 48)
+    crops = random_crops([image], 6, 32, torch.Generator().manual_seed(0), short_side=(1.0, 1.0))
+    for crop in crops:  # a horizontal window of the image, maybe flipped
+        matches = [torch.allclose(crop, w) or torch.allclose(crop.flip(-1), w)
+                   for w in (image[0, :, :, i : i + 32] for i in range(17))]
+        assert any(matches)
+    with pytest.raises(ValueError, match="short_side"):
+        random_crops([image], 1, 16, torch.Generator(), short_side=(2.0, 1.0))
+    big = random_crops([image], 2, 16, torch.Generator().manual_seed(0), short_side=(2.0, 2.5))
+    assert big.shape == (2, 3, 16, 16)
+
+
 def test_side_by_side_shape() -> None:
     tiles = [np.zeros((10, 20, 3), np.uint8), np.zeros((20, 20, 3), np.uint8)]
     assert side_by_side(tiles, height=40, gap=2).shape == (40, 80 + 40 + 2, 3)

@@ -63,3 +63,15 @@ def test_style_flows_run_end_to_end(prefect_harness: None, tmp_path: Path) -> No
     ours = [runs[i] for i, name in names.items() if name.startswith("style-")]
     assert {names[r.id] for r in ours} >= {"style-optimise", "style-train", "style-apply"}
     assert all(r.state and r.state.is_completed() and "gpu" in r.tags for r in ours)
+    # each flow run is named after the run id it wrote (none was given: the flow adopts it)
+    assert {r.name for r in ours} >= {optimised.run_dir.name, trained.run_dir.name,
+                                      applied.run_dir.name}
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    pages = [str(a.data) for a in artifacts if a.key and a.key.endswith("-image")]
+    assert len(pages) >= 3  # optimise, train, apply
+    assert all("](data:image/png;base64," in page and "file://" not in page for page in pages)
+    progress = {a.key: a.data for a in artifacts if a.type == "progress"}
+    assert progress.get("style-train-progress") == 100.0
+    assert progress.get("style-optimise-progress") == 100.0

@@ -23,6 +23,7 @@ from models.generative.style import (
     optimise,
     save_transform_net,
     style_loss,
+    train_fast,
     train_step,
 )
 from models.generative.vgg import CHANNELS, VGGEncoder, load_vgg, vgg_layers
@@ -104,6 +105,10 @@ def test_config_validation() -> None:
         StyleConfig(stlye_weight=3.0)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
         OptimiseConfig(optimizer="sgd")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="short_side"):
+        FastTrainConfig(short_side=(2.0, 1.5))
+    with pytest.raises(ValidationError):
+        FastTrainConfig(lr_schedule="step")  # type: ignore[arg-type]
 
 
 def test_loss_terms(vgg: VGGEncoder, images: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -179,3 +184,39 @@ def test_loading_a_foreign_checkpoint_fails_clearly(tmp_path: Path) -> None:
         load_transform_net(path)
     with pytest.raises(FileNotFoundError):
         load_transform_net(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_train_fast_schedule_and_progress_bar(vgg: VGGEncoder, schedule: str,
+                                              images: tuple[torch.Tensor, torch.Tensor],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    content, style = images
+    loss = PerceptualLoss(vgg, StyleConfig(), style)
+    net = TransformNet(TransformNetConfig(channels=4, n_residual=1))
+    cfg = FastTrainConfig(steps=4, batch_size=1, crop_size=16, style_size=32,
+                          short_side=(1.0, 1.5), learning_rate=1e-2,
+                          lr_schedule=schedule)  # type: ignore[arg-type]
+    seen: list[float] = []
+    history = train_fast(net, loss, [content], cfg, lambda r: seen.append(r["step"]),
+                         progress=True)
+    assert seen == [1.0, 2.0, 3.0, 4.0] and len(history) == 4
+    lrs = [r["lr"] for r in history]
+    if schedule == "constant":
+        assert lrs == [1e-2] * 4
+    else:  # cosine from the peak towards 1% of it
+        assert lrs[0] == pytest.approx(1e-2) and lrs == sorted(lrs, reverse=True)
+        assert lrs[-1] == pytest.approx(1e-4 + (1e-2 - 1e-4) * (1 + np.cos(np.pi * 3 / 4)) / 2)
+    assert "style train" in capsys.readouterr().err  # the tqdm bar
+
+
+def test_optimise_progress_bar_ticks_per_step(vgg: VGGEncoder,
+                                              images: tuple[torch.Tensor, torch.Tensor],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    content, style = images
+    loss = PerceptualLoss(vgg, StyleConfig(), style)
+    _, history = optimise(loss, content, OptimiseConfig(steps=3, optimizer="adam"),
+                          progress=True)
+    assert len(history) == 3
+    err = capsys.readouterr().err
+    assert "style optimise" in err and "3/3" in err
