@@ -1,145 +1,233 @@
-"""Benchmark: blockwise sparse Pearson vs scikit-surprise's `pearson` on ML-1M users 1-2999.
+"""Benchmark: the compiled neighbour kernel vs scikit-surprise's `pearson` on ML-1M users 1-2999.
 
-Run: `python bench/neighbours.py [--ratings PATH]`. The reference is scikit-surprise (the same
-formula, means over co-rated items) when it is installed (`pip install scikit-surprise`), else
-a straightforward per-pair numpy implementation on a sample of pairs. Values are compared where
-both are defined; the speed ratio and the peak traced memory of each are printed.
+Run: `python bench/neighbours.py [--ratings PATH] [--repeats 3]`, with scikit-surprise installed
+(`pip install scikit-surprise`; without it only our timings are printed). In one run it prints:
+- compile cost: the first call in a fresh process with an empty numba cache, then with the
+  cache that run left (the second process of a deployment), then a warm call;
+- per side (users, items): our top-50 on 1 and 2 threads (wall and CPU seconds, best and
+  median of the repeats), every pair on 1 thread, Surprise's similarity matrix (same
+  min_support), the speed ratios, and the largest |difference| where both are defined;
+- the dense co-rating stress case (20,000 users x the same 5 items, and with 2 random extra
+  items each), each in its own process: seconds and peak RSS of `user_neighbours`, k = 50.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
-import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from features.matrix import build_matrix  # noqa: E402
 from models.neighbours import PearsonConfig, pearson_blocks  # noqa: E402
-from pipelines.ingest import preset_source  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared" / "data" / "ml-1m" / "ratings_users0001-2999.dat.gz"
 
 
-def measure(fn, *args):  # type: ignore[no-untyped-def]
-    """(result, seconds, peak traced MiB) of one call."""
-    tracemalloc.start()
-    start = time.perf_counter()
-    out = fn(*args)
-    seconds = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return out, seconds, peak
+def load_ratings(path: Path) -> sp.csr_matrix:
+    """MovieLens `user::item::rating::ts` lines as a users x items CSR of the ratings."""
+    with gzip.open(path, "rt") if path.suffix == ".gz" else path.open() as f:
+        rows = np.array([line.split("::")[:3] for line in f], dtype=np.int64)
+    users = np.unique(rows[:, 0], return_inverse=True)[1]
+    items = np.unique(rows[:, 1], return_inverse=True)[1]
+    mat = sp.csr_matrix((rows[:, 2].astype(np.float64), (users, items)))
+    mat.sum_duplicates()
+    return mat
 
 
-def ours_dense(ratings: sp.csr_matrix, min_support: int) -> np.ndarray:
-    """Our weights as a full (n, n) matrix, NaN where undefined (for the comparison only)."""
-    n = ratings.shape[0]
-    nb = pearson_blocks(ratings, PearsonConfig(k=n, threshold=-1.0,
-                                               min_support=min_support))
-    full = np.full((n, n), np.nan)
-    full[nb.row, nb.neighbour] = nb.weight
-    return full
+def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, list[float], list[float]]:
+    """(last result, wall seconds per repeat, CPU seconds of this process per repeat)."""
+    walls, cpus, out = [], [], None
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return out, walls, cpus
 
 
-def surprise_sim(ratings: sp.csr_matrix, min_support: int) -> tuple[np.ndarray, float]:
-    """scikit-surprise's pearson similarity between rows, reordered to our row indices.
+def spread(xs: list[float]) -> str:
+    return f"best {min(xs):6.3f} s, median {float(np.median(xs)):6.3f} s"
 
-    Rows play surprise's "users" (the caller transposes for the item side), so the call is
-    always user-based over the matrix it is given.
-    """
-    import pandas as pd
-    from surprise import Dataset, Reader
+
+def surprise_sim(ratings: sp.csr_matrix, min_support: int) -> np.ndarray:
+    """scikit-surprise's pearson between the rows of `ratings` (rows play its 'users')."""
     from surprise.similarities import pearson
 
-    coo = ratings.tocoo()
-    df = pd.DataFrame({"u": coo.row, "i": coo.col, "r": coo.data})
-    data = Dataset.load_from_df(df, Reader(rating_scale=(0.5, 5)))
-    ts = data.build_full_trainset()
-    n_x, yr = ts.n_users, ts.ir
-    raw = [ts.to_raw_uid(x) for x in range(ts.n_users)]
-    start = time.perf_counter()
-    sim = pearson(n_x, yr, min_support)
-    elapsed = time.perf_counter() - start
-    order = np.argsort(np.asarray(raw))
-    sim = sim[np.ix_(order, order)]
-    return sim, elapsed
+    by_col = ratings.tocsc()
+    yr = {j: list(zip(by_col.indices[by_col.indptr[j]:by_col.indptr[j + 1]].tolist(),
+                      by_col.data[by_col.indptr[j]:by_col.indptr[j + 1]].tolist(),
+                      strict=True))
+          for j in range(by_col.shape[1])}
+    return pearson(ratings.shape[0], yr, min_support)  # (n_rows, n_rows), 0 = undefined
 
 
-def pair_reference(ratings: sp.csr_matrix, pairs: np.ndarray, min_support: int) -> np.ndarray:
-    """Per-pair textbook Pearson (means over co-rated entries); NaN where undefined."""
-    out = np.full(len(pairs), np.nan)
-    rows = [ratings.getrow(i) for i in range(ratings.shape[0])]
-    for k, (u, v) in enumerate(pairs):
-        ru, rv = rows[u], rows[v]
-        common, iu, iv = np.intersect1d(ru.indices, rv.indices, return_indices=True)
-        if len(common) < min_support:
-            continue
-        a = ru.data[iu] - ru.data[iu].mean()
-        b = rv.data[iv] - rv.data[iv].mean()
-        den = np.sqrt((a * a).sum() * (b * b).sum())
-        if den > 1e-12:
-            out[k] = (a * b).sum() / den
-    return out
-
-
-def compare(name: str, ratings: sp.csr_matrix, min_support: int) -> None:
-    """Time both implementations on one side (users or items) and check agreement."""
+def compare(name: str, ratings: sp.csr_matrix, min_support: int, repeats: int) -> None:
+    """Time ours (1 and 2 threads) and Surprise on one side and check agreement."""
     n = ratings.shape[0]
     print(f"\n== {name}: {n} rows, {ratings.nnz} ratings, min_support={min_support}")
-    prod_cfg = PearsonConfig(k=50, min_support=min_support)
-    _, t_top, m_top = measure(pearson_blocks, ratings, prod_cfg)
-    print(f"ours, top-50 per row (production setting): {t_top:8.2f} s  peak {m_top:8.1f} MiB")
-    full, t_full, m_full = measure(ours_dense, ratings, min_support)
-    print(f"ours, every pair (dense result):           {t_full:8.2f} s  peak {m_full:8.1f} MiB")
-    rng = np.random.default_rng(0)
-    pairs = rng.integers(0, n, size=(20_000, 2))
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    ref, t_pairs, _ = measure(pair_reference, ratings, pairs, min_support)
-    est = t_pairs / len(pairs) * n * (n - 1)
-    got = full[pairs[:, 0], pairs[:, 1]]
-    both = ~np.isnan(ref) & ~np.isnan(got)
-    print(f"per-pair numpy reference on {len(pairs)} sampled pairs: {t_pairs:.2f} s "
-          f"-> {est:.0f} s estimated for all pairs; max |diff| {np.abs(ref - got)[both].max():.2e}"
-          f" on {both.sum()} pairs; ratio per-pair / ours (every pair): {est / t_full:.0f}x")
+    times: dict[str, list[float]] = {}
+    for threads in (1, 2):
+        cfg = PearsonConfig(k=50, min_support=min_support, threads=threads)
+        pearson_blocks(ratings, cfg)  # warm (compiled or loaded from the cache)
+        nb, wall, cpu = timed(lambda cfg=cfg: pearson_blocks(ratings, cfg), repeats)
+        times[f"top50 t{threads}"] = wall
+        print(f"ours top-50, threads={threads}: wall {spread(wall)}; CPU {spread(cpu)}; "
+              f"{len(nb.row):,} neighbours")
+    cfg = PearsonConfig(k=n - 1, threshold=-1.0, min_support=min_support)
+    nb, wall, cpu = timed(lambda: pearson_blocks(ratings, cfg))
+    print(f"ours every pair, threads=1: wall {wall[0]:6.3f} s, CPU {cpu[0]:6.3f} s; "
+          f"{len(nb.row):,} pairs")
+    full = np.full((n, n), np.nan)
+    full[nb.row, nb.neighbour] = nb.weight
     try:
-        (sim, t_core), t_ref, m_ref = measure(surprise_sim, ratings, min_support)
+        sim, wall_s, cpu_s = timed(lambda: surprise_sim(ratings, min_support))
     except ImportError:
-        print("scikit-surprise is not installed: only the per-pair reference was measured")
+        print("scikit-surprise is not installed: no reference timing")
         return
-    # surprise gives 0 where undefined; compare where ours is defined and surprise nonzero.
+    print(f"scikit-surprise pearson: wall {wall_s[0]:6.3f} s, CPU {cpu_s[0]:6.3f} s")
+    for key, wall in times.items():
+        print(f"speed ratio surprise / ours ({key}): wall {wall_s[0] / min(wall):5.1f}x best, "
+              f"{wall_s[0] / float(np.median(wall)):5.1f}x median")
     np.fill_diagonal(sim, np.nan)
     both = ~np.isnan(full) & (sim != 0) & ~np.isnan(sim)
     diff = np.abs(full - sim)[both]
-    print(f"reference: scikit-surprise pearson {t_core:8.2f} s (similarity only; "
-          f"{t_ref:.2f} s with dataset build)  peak {m_ref:8.1f} MiB")
-    print(f"max |diff| on {both.sum():,} pairs defined in both: {diff.max():.2e}")
-    only_ours = (~np.isnan(full) & (sim == 0)).sum()
-    print(f"pairs ours defines that surprise reports as 0: {only_ours:,} "
-          "(weight exactly 0 in ours, or surprise's 0 sentinel)")
-    print(f"speed ratio surprise / ours (every pair): {t_core / t_full:6.1f}x; "
-          f"surprise / ours (top-50): {t_core / t_top:6.1f}x")
+    print(f"max |ours - surprise| on {both.sum():,} pairs defined in both: {diff.max():.2e}")
+    only_surprise = (np.isnan(full) & (sim != 0) & ~np.isnan(sim))
+    print(f"pairs surprise defines and ours not: {only_surprise.sum():,} (of which w = -1 "
+          f"exactly, dropped by threshold -1: {(sim[only_surprise] <= -1 + 1e-12).sum():,}); "
+          f"ours defines with surprise 0: {(~np.isnan(full) & (sim == 0)).sum():,} "
+          "(weight 0 exactly is surprise's 'undefined' too)")
+
+
+def stress_interactions(extra: int, users: int = 20_000, seed: int = 0) -> Any:
+    """20,000 users who all rated items 0-4 (ratings 1-5), plus `extra` random others each."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    user = np.repeat(np.arange(users), 5 + extra)
+    item = np.tile(np.arange(5 + extra), users)
+    if extra:
+        others = np.argsort(rng.random((users, 1000)), axis=1)[:, :extra] + 5  # distinct
+        item = item.reshape(users, 5 + extra)
+        item[:, 5:] = others
+        item = item.ravel()
+    weight = rng.integers(1, 6, size=len(user)).astype(np.float64)
+    return pa.table({"user_id": pa.array(user.astype(str)), "item_id": pa.array(item.astype(str)),
+                     "weight": pa.array(weight)})
+
+
+def stress_case(extra: int, threads: int) -> None:
+    """One stress run in this process: prints JSON (seconds, peak RSS before and after)."""
+    table = stress_interactions(extra)
+    cfg = PearsonConfig(k=50, min_support=5, threads=threads)
+    try:
+        from pipelines.neighbours import user_neighbours
+
+        def run_on(t: Any) -> Any:
+            return user_neighbours(t, cfg)
+        what = "pipelines.neighbours.user_neighbours"
+    except ImportError:  # the stage module moved: time the kernel on the same matrix
+        from features.matrix import build_matrix
+
+        def run_on(t: Any) -> Any:
+            return pearson_blocks(build_matrix(t).weights, cfg)
+        what = "build_matrix + pearson_blocks"
+    run_on(stress_interactions(extra, users=50))  # compile or load the kernel first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out, wall, cpu = timed(lambda: run_on(table))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows = out.num_rows if hasattr(out, "num_rows") else len(out.row)
+    print(json.dumps({"extra": extra, "threads": threads, "called": what, "wall_s": wall[0],
+                      "cpu_s": cpu[0], "peak_rss_mib": peak, "rss_before_mib": before,
+                      "rows": rows}))
+
+
+def run_stress() -> None:
+    print("\n== dense co-rating stress: 20,000 users x the same 5 items, k = 50, "
+          "min_support = 5 (each in a fresh process; peak RSS of the whole process)")
+    for extra in (0, 2):
+        for threads in (1, 2):
+            out = subprocess.run([sys.executable, __file__, "--stress-case", str(extra),
+                                  "--threads", str(threads)], capture_output=True, text=True,
+                                 check=True)
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"+{extra} random items, threads={threads}: wall {got['wall_s']:6.2f} s, "
+                  f"CPU {got['cpu_s']:6.2f} s, peak RSS {got['peak_rss_mib']:6.0f} MiB "
+                  f"(process before the call {got['rss_before_mib']:.0f} MiB), "
+                  f"{got['rows']:,} rows via {got['called']}")
+
+
+FIRST_CALL = """
+import time
+start = time.perf_counter()
+import numpy as np, scipy.sparse as sp
+from models.neighbours import PearsonConfig, pearson_blocks
+imported = time.perf_counter()
+m = sp.random(200, 50, density=0.2, random_state=0, format="csr") * 4 + 1
+out = {"import_s": imported - start}
+for threads in (1, 2):
+    t = time.perf_counter()
+    pearson_blocks(m, PearsonConfig(k=10, threads=threads))
+    out[f"first_call_t{threads}_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pearson_blocks(m, PearsonConfig(k=10, threads=threads))
+    out[f"warm_call_t{threads}_s"] = time.perf_counter() - t
+print(out)
+"""
+
+
+def run_compile_cost() -> None:
+    print("\n== compile cost (fresh processes, a 200 x 50 matrix)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for label in ("empty numba cache", "cache from the process before"):
+            out = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True,
+                                 text=True, env=env, cwd=REPO, check=True)
+            print(f"{label}: {out.stdout.strip()}")
 
 
 def main() -> None:
-    """Load the ratings and compare both sides."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    """Compile cost, both sides against Surprise, then the stress case."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratings", type=Path, default=DEFAULT)
     parser.add_argument("--min-support", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["compile", "ml", "stress"])
+    parser.add_argument("--stress-case", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    src = preset_source("movielens-1m", args.ratings.parent, path=args.ratings.name, items=[])
-    from pipelines.ingest import ingest
-
-    m = build_matrix(ingest(src).interactions)
-    compare("user", m.weights, args.min_support)
-    compare("item", m.weights.T.tocsr(), args.min_support)
+    if args.stress_case is not None:
+        stress_case(args.stress_case, args.threads)
+        return
+    print(f"load average at start: {os.getloadavg()}, cores: {os.cpu_count()}")
+    if "compile" not in args.skip:
+        run_compile_cost()
+    if "ml" not in args.skip:
+        ratings = load_ratings(args.ratings)
+        compare("users", ratings, args.min_support, args.repeats)
+        compare("items", ratings.T.tocsr(), args.min_support, args.repeats)
+    if "stress" not in args.skip:
+        run_stress()
+    print(f"\nload average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
