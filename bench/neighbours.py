@@ -124,10 +124,13 @@ def stress_interactions(extra: int, users: int = 20_000, seed: int = 0) -> Any:
     rng = np.random.default_rng(seed)
     user = np.repeat(np.arange(users), 5 + extra)
     item = np.tile(np.arange(5 + extra), users)
-    if extra:
-        others = np.argsort(rng.random((users, 1000)), axis=1)[:, :extra] + 5  # distinct
+    if extra:  # extra items per user from 1,000 others (distinct for extra <= 2)
+        others = np.empty((users, extra), dtype=np.int64)
+        others[:, 0] = rng.integers(0, 1000, users)
+        for e in range(1, extra):
+            others[:, e] = (others[:, e - 1] + 1 + rng.integers(0, 1000 - e, users)) % 1000
         item = item.reshape(users, 5 + extra)
-        item[:, 5:] = others
+        item[:, 5:] = others + 5
         item = item.ravel()
     weight = rng.integers(1, 6, size=len(user)).astype(np.float64)
     return pa.table({"user_id": pa.array(user.astype(str)), "item_id": pa.array(item.astype(str)),
