@@ -28,8 +28,9 @@ class EaseConfig(BaseModel):
     latest-small and Last.fm at 60); 200 has the smallest worst-case loss against each data
     set's best (-4.6%, mean -3.1%). Prefer `select_reg` on the night's own validation split."""
     max_items: int = Field(20_000, ge=1)
-    """Largest catalogue EASE accepts: fit holds one dense items x items float64 matrix plus
-    B in `dtype` (20,000 items: ~5 GB peak), so a larger catalogue raises `CatalogueTooLarge`."""
+    """Largest catalogue EASE accepts: fit holds one dense items x items float64 matrix, plus
+    up to two more of at most that size in the dual solver, then B in `dtype` (20,000 items:
+    3.2 GB each, ~5-10 GB peak), so a larger catalogue raises `CatalogueTooLarge`."""
     dtype: Literal["float32", "float64"] = "float32"
     """Storage and scoring precision of B. The inverse is always computed in float64; float32
     halves memory and scoring time, and its scores match float64 to ~1e-6 relative (ties
@@ -78,8 +79,8 @@ class Ease:
         if not self.allows(n_items):
             raise CatalogueTooLarge(
                 f"EASE needs a dense {n_items:,} x {n_items:,} inverse but max_items is "
-                f"{self.config.max_items:,}; raise ease.max_items (memory ~ 12 * n_items^2 bytes) "
-                "or leave EASE out for this catalogue")
+                f"{self.config.max_items:,}; raise ease.max_items (peak memory 12-28 * "
+                "n_items^2 bytes) or leave EASE out for this catalogue")
         reg = self.config.reg
         with threadpool_limits(self.config.threads, "blas"):
             if self._use_dual(x):
