@@ -47,10 +47,10 @@ class PearsonConfig(BaseModel):
     the tie-break apply to all three."""
     threads: int = Field(1, ge=1)
     """Threads of the compiled kernel (capped at the cores numba sees); the result does not
-    depend on it. Memory grows by n_rows * k * 16 bytes per extra thread."""
+    depend on it. Each thread holds its own k-best buffers: n_rows * (48 * k + 50) bytes."""
     block_elements: int = Field(1_000_000, ge=1)
-    """Unused: the kernel needs no blocks (memory is O(n_rows * k) per thread). Accepted so
-    existing configuration files keep working."""
+    """Unused: the compiled kernel needs no blocks (memory is O(n_rows * k) per thread).
+    Accepted so that existing configuration files keep working."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,13 @@ def pearson_blocks(ratings: sp.csr_matrix, config: PearsonConfig) -> Neighbours:
     The kernel walks an inverted index once: for row u and each of its columns j, every later
     row v (v > u) that rated j adds to six running sums of (u, v): n, Σx, Σy, Σx², Σy², Σxy,
     in float64 over the touched rows only. Then w_uv = w_vu is offered to both rows' bounded
-    heaps (k best), so each pair is accumulated once. Before that each row is scaled by its
-    largest |value|, centred on its own mean and scaled again: Pearson over I_uv is invariant
-    to per-row positive scaling and shifting, the centring keeps the expanded sums from
-    cancelling (ratings of 1e6 + noise) and the scaling keeps 1e308 or subnormal weights
-    from overflowing or underflowing. Memory: the ratings' index twice, then per thread six
-    accumulators per row and the heaps (n_rows * k); the output is O(n_rows * k).
+    k-best buffers, so each pair is accumulated once. Before that each row is centred on its
+    own mean and divided by its largest |deviation|: Pearson over I_uv is invariant to
+    per-row shifts and positive scales, the centring keeps the expanded sums from cancelling
+    (ratings of 1e6 + noise) and the scaling keeps 1e308 or subnormal weights from
+    overflowing or underflowing. Memory: the ratings and their inverted index, then per
+    thread 48 bytes of sums per row and the buffers (48 * k bytes per row); the output is
+    O(n_rows * k). The result does not depend on the thread count.
     """
     csr = sp.csr_matrix(ratings, dtype=np.float64)  # copies: the caller's matrix is untouched
     csr.sum_duplicates()
@@ -208,11 +209,10 @@ def _alloc_best(threads: int, n_rows: int, k: int) -> tuple[np.ndarray, ...]:
     """Per thread and row a buffer of up to 2k candidates, its size and its floor.
 
     Entries are (weight, neighbour, support) records in one (threads * n_rows * 2k, 3) float64
-    array (indices and counts are exact in float64), so an append touches one cache line.
-    A full buffer is cut to
-    its best k, and the k-th best becomes the floor (weight, neighbour; -inf before the first
-    cut): only better candidates are appended. The floors are compact arrays, so most
-    rejections never touch a buffer, and an accepted candidate is one append.
+    array (indices and counts are exact in float64), so an append touches one cache line. A
+    full buffer is cut to its best k, and the k-th best becomes the floor (weight, neighbour;
+    -inf before the first cut): only better candidates are appended. The floors are compact
+    arrays, so most rejections never touch a buffer.
     """
     slots = threads * n_rows
     cap = slots * 2 * k
@@ -228,6 +228,7 @@ def _better(w: float, v: int, w2: float, v2: int) -> bool:
 
 @njit(cache=True, nogil=True, inline="always")
 def _swap(buf: np.ndarray, i: int, j: int) -> None:
+    """Exchange records i and j."""
     for c in range(3):
         buf[i, c], buf[j, c] = buf[j, c], buf[i, c]
 
