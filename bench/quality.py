@@ -48,6 +48,18 @@ from pipelines.ingest import ItemsFile, SourceConfig, ingest, preset_source  # n
 from pipelines.recommend.config import RunConfig  # noqa: E402
 from pipelines.tradeoff import tradeoff_curve, tradeoff_markdown  # noqa: E402
 
+# Measured 2026-12-01, working tree of that morning, defaults (RunConfig()), 1 BLAS thread on a
+# shared 2-core machine. Validation NDCG@10 of EASE by lambda (--ease-only, grids 10..20000):
+#   ML-1M 1-2999: 100 .0879, 200 .0907, 300 .0920, 500 .0927, 1000 .0930, 3000 .0944 (best),
+#                 5000 .0931, 10000 .0912
+#   latest-small: 30 .0809, 60 .0822 (best), 100 .0814, 200 .0816, 300 .0813, 500 .0798
+#   Last.fm:      30 .1869, 60 .1896 (best), 100 .1889, 200 .1808, 300 .1751, 500 .1672
+# Test NDCG@10 (lightgbm -> + diversity at cap 2; EASE with the validation lambda):
+#   ML-1M 0.0766 -> 0.0767 (+0.1%), EASE(3000) 0.0985; latest-small 0.0584 -> 0.0593 (+1.6%,
+#   penalty 10), EASE(100) 0.0811 [with ranker.sampling.enabled = false: 0.0940 -> 0.0938
+#   (-0.2%, penalty 3), EASE(60) 0.0794]; Last.fm 0.1969 -> 0.1969 (artists are the items, the
+#   cap never binds), EASE(100) 0.2207.
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 K = 20  # list length evaluated (NDCG@10 and Recall@20)
