@@ -136,7 +136,7 @@ def sources_for(history: pa.Table, items: pa.Table, cfg: RunConfig) -> Sources:
     un = neighbours.user_neighbours(history, cfg.user_neighbours)
     inb = neighbours.item_neighbours(history, cfg.item_neighbours)
     uf, itf = embeddings.als_factors(history, cfg.als)
-    candidates = cand.generate(history, items, un, inb, uf, itf, cfg.candidates)
+    candidates = cand.generate(history, items, un, inb, uf, itf, cfg.candidates, ease=cfg.ease)
     stats = history_stats(history, items, inb, uf, itf,
                           recent_days=cfg.candidates.popular_window_days)
     return Sources(history, candidates, stats)
