@@ -12,8 +12,8 @@ import typer
 from flows.cli_common import (
     CONTEXT_SETTINGS,
     Engine,
-    EngineOpt,
     QuietOpt,
+    RunEngineOpt,
     VerboseOpt,
     escape_help_markup,
     friendly_errors,
@@ -112,6 +112,13 @@ def load_config(config: Path | None, preset: str | None, data: Path | None,
     return cfg
 
 
+def with_engine(cfg: Any, engine: Engine | None) -> tuple[Any, Engine]:
+    """The engine to use (--engine, else [engine] kind) and the config that says so."""
+    chosen = Engine(cfg.engine.kind) if engine is None else engine
+    return cfg.model_copy(update={"engine": cfg.engine.model_copy(
+        update={"kind": chosen.value})}), chosen
+
+
 def _print_summary(summary: dict[str, Any], seconds: float) -> None:
     typer.echo(f"published run {summary['run_id']} -> {summary['path']}")
     typer.echo(f"{'stage':<18}{'seconds':>9}  rows")
@@ -126,7 +133,7 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
 @friendly_errors
 def run(
     config: ConfigOpt = None, preset: PresetOpt = None, data: DataOpt = None,
-    output: OutputOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = Engine.prefect,
+    output: OutputOpt = None, run_id: RunIdOpt = None, engine: RunEngineOpt = None,
     no_cache: NoCacheOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Run the nightly recommendation flow and print rows per table and time per stage.
@@ -134,7 +141,7 @@ def run(
     Exit codes: 0 published; 2 bad input or config (nothing published); 1 failed.
     """
     configure_process(verbosity(quiet, verbose))
-    cfg = load_config(config, preset, data, output, no_cache)
+    cfg, engine = with_engine(load_config(config, preset, data, output, no_cache), engine)
     start = time.perf_counter()
     if engine is Engine.local:
         from pipelines.nightly import run_nightly
@@ -157,7 +164,7 @@ def run(
 @friendly_errors
 def evaluate(
     config: ConfigOpt = None, preset: PresetOpt = None, data: DataOpt = None,
-    output: OutputOpt = None, run_id: RunIdOpt = None, engine: EngineOpt = Engine.prefect,
+    output: OutputOpt = None, run_id: RunIdOpt = None, engine: RunEngineOpt = None,
     no_cache: NoCacheOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Compare every approach (sources, fusion, ranker, diversity) under the hold-out protocol.
@@ -165,7 +172,7 @@ def evaluate(
     Writes evaluation.parquet and evaluation.md to a run folder (runs/latest is not moved).
     """
     configure_process(verbosity(quiet, verbose))
-    cfg = load_config(config, preset, data, output, no_cache)
+    cfg, engine = with_engine(load_config(config, preset, data, output, no_cache), engine)
     if engine is Engine.local:
         from pipelines.nightly import run_nightly
 

@@ -35,6 +35,7 @@ class Engine(enum.StrEnum):
 
     prefect = "prefect"
     local = "local"
+    dask = "dask"
 
 
 class Device(enum.StrEnum):
@@ -49,6 +50,12 @@ EngineOpt = Annotated[Engine, typer.Option(
     "--engine", "-e", case_sensitive=False,
     help="prefect: a real flow run, visible in the Prefect UI (a temporary local server when "
     "PREFECT_API_URL is not set); local: the same work without Prefect.")]
+RunEngineOpt = Annotated[Engine | None, typer.Option(
+    "--engine", "-e", case_sensitive=False, show_default=False,
+    help="prefect: a real flow run, visible in the Prefect UI (a temporary local server when "
+    "PREFECT_API_URL is not set); local: the same work without Prefect; dask: a Prefect flow "
+    "whose shard work runs on a Dask cluster ([engine] address, or a LocalCluster). Default: "
+    "[engine] kind of the config (prefect).")]
 DeviceOpt = Annotated[Device, typer.Option(
     case_sensitive=False, help="auto (CUDA when available), cpu or cuda.")]
 QuietOpt = Annotated[bool, typer.Option(

@@ -130,6 +130,13 @@ def _cluster(cfg: RunConfig) -> Iterator[None]:
             cluster.close()
 
 
+def _config(config_path: Path | None, preset: str | None, data: Path | None,
+            output: Path | None, no_cache: bool) -> RunConfig:
+    from flows.cli import load_config
+
+    return load_config(config_path, preset, data, output, no_cache)
+
+
 def _summary(result: RunResult) -> dict[str, object]:
     return {"run_id": result.run_id, "path": str(result.path),
             "stages": [r.__dict__ for r in result.reports]}
@@ -145,13 +152,20 @@ def _run_name() -> str:
 @flow(name="nightly-recommendations", log_prints=True, flow_run_name=_run_name,
       task_runner=ThreadPoolTaskRunner(max_workers=2))
 def nightly_recommendations(config_path: Path | None = None, run_id: str | None = None,
-                            config: RunConfig | None = None) -> dict[str, object]:
+                            config: RunConfig | None = None, preset: str | None = None,
+                            data: Path | None = None, output: Path | None = None,
+                            no_cache: bool = False) -> dict[str, object]:
     """Raw interactions -> neighbourhoods + ALS per cut-off -> candidates -> rank -> diversity.
 
     config_path: a TOML config (default: the embedded data and built-in settings).
     run_id: the published folder's name under runs/ (default: a time-stamped id).
+    config: an already built RunConfig (instead of config_path).
+    preset: a public format (movielens-1m, movielens-latest, movielens-100k, lastfm); needs data.
+    data: the folder (or ratings file) of the preset's data set.
+    output: the output root (runs/, latest, cache/ and warehouse.duckdb go there).
+    no_cache: recompute every stage instead of reusing unchanged results.
     """
-    cfg = config or (RunConfig.from_toml(config_path) if config_path else RunConfig())
+    cfg = config or _config(config_path, preset, data, output, no_cache)
     with _cluster(cfg):
         result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, False))
     publish_artifacts(result)
@@ -160,10 +174,15 @@ def nightly_recommendations(config_path: Path | None = None, run_id: str | None 
 
 @flow(name="offline-evaluation", log_prints=True, flow_run_name=_run_name,
       task_runner=ThreadPoolTaskRunner(max_workers=2))
-def offline_evaluation(config: RunConfig | None = None, run_id: str | None = None
-                       ) -> dict[str, object]:
-    """Ingest, then compare every approach under the fixed hold-out protocol."""
-    cfg = config or RunConfig()
+def offline_evaluation(config: RunConfig | None = None, run_id: str | None = None,
+                       config_path: Path | None = None, preset: str | None = None,
+                       data: Path | None = None, output: Path | None = None,
+                       no_cache: bool = False) -> dict[str, object]:
+    """Ingest, then compare every approach under the fixed hold-out protocol.
+
+    Parameters as for nightly-recommendations; the run is published without moving latest.
+    """
+    cfg = config or _config(config_path, preset, data, output, no_cache)
     with _cluster(cfg):
         result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, True),
                           evaluate_only=True)
