@@ -59,6 +59,9 @@ from pipelines.tradeoff import tradeoff_curve, tradeoff_markdown  # noqa: E402
 #   penalty 10), EASE(100) 0.0811 [with ranker.sampling.enabled = false: 0.0940 -> 0.0938
 #   (-0.2%, penalty 3), EASE(60) 0.0794]; Last.fm 0.1969 -> 0.1969 (artists are the items, the
 #   cap never binds), EASE(100) 0.2207.
+# Re-run on latest-small at 11:40 (validated defaults, EASE candidates in the ranker):
+#   lightgbm 0.1064 -> + diversity 0.1061 (-0.3%, penalty 0) / 0.1063 (-0.1%, penalty 3, the
+#   validation choice); EASE(60) 0.0794, ratio 1.34.
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
