@@ -99,10 +99,12 @@ def train(
     size: Annotated[int, typer.Option(help="Side of the square training crops.")] = 128,
     style_size: Annotated[int, typer.Option(
         help="Long side of the style image in px: the scale of the strokes.")] = 256,
-    steps: Annotated[int, typer.Option(help="Training steps (batches).")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 4,
-    learning_rate: Annotated[float, typer.Option(help="Adam step size.")] = 1e-3,
-    channels: Annotated[int, typer.Option(help="Network width (first layer).")] = 32,
+    steps: Annotated[int, typer.Option(help="Training steps (batches).")] = 900,
+    batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 2,
+    learning_rate: Annotated[float, typer.Option(help="Adam step size (peak).")] = 1e-3,
+    lr_schedule: Annotated[str, typer.Option(
+        help="cosine (decay to 1% over the steps) or constant.")] = "cosine",
+    channels: Annotated[int, typer.Option(help="Network width (first layer).")] = 16,
     n_residual: Annotated[int, typer.Option(help="Residual blocks.")] = 5,
     content_weight: ContentW = 1.0,
     style_weight: StyleW = 10.0,
@@ -125,6 +127,7 @@ def train(
         net_config=TransformNetConfig(channels=channels, n_residual=n_residual),
         train_config=FastTrainConfig(steps=steps, batch_size=batch_size, crop_size=size,
                                      style_size=style_size, learning_rate=learning_rate,
+                                     lr_schedule=lr_schedule,  # type: ignore[arg-type]
                                      seed=seed),
         device=device, run_id=run_id))
 
