@@ -51,8 +51,9 @@ class GANConfig(TrainConfig):
     """Adam step size for both players."""
     batch_size: PositiveInt = 64
     """Real images per step (and as many fakes)."""
-    epochs: PositiveInt = 30
-    """Passes over the training split."""
+    epochs: PositiveInt = 12
+    """Passes over the training split (about 13 CPU minutes on one thread; the shipped classifier
+    found > 90 % confident digits from epoch 7 on, docs/generative.md)."""
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     """Samples come from an exponential moving average of G's weights with this decay (0: off).
 

@@ -123,7 +123,7 @@ def test_load_config_flat_or_under_the_model_table(tmp_path: Path) -> None:
     assert load_config("gan", table).width == 8
     assert load_config("realnvp", table) == make_config("realnvp")  # no [realnvp]: defaults
     assert load_config("vae", flat, {"epochs": 7, "seed": None}).epochs == 7
-    assert load_config("gan").epochs == 30  # no file: the real-run defaults
+    assert load_config("gan").epochs == 12  # no file: the real-run defaults
 
 
 def test_unknown_key_is_rejected_with_file_and_valid_keys(tmp_path: Path) -> None:
