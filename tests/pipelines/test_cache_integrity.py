@@ -86,8 +86,8 @@ def test_damaged_done_json_is_a_miss(primed: tuple[RunConfig, Any], damage: str,
 def test_published_files_share_no_inode_with_the_cache(primed: tuple[RunConfig, Any]) -> None:
     cfg, first = primed
     cached = {os.stat(p).st_ino for p in cache_files(cfg.output.root)}
-    published = {os.stat(p).st_ino for p in first.path.rglob("*") if p.is_file()}
-    assert not cached & published
+    run_inodes = {os.stat(p).st_ino for p in first.path.rglob("*") if p.is_file()}
+    assert not cached & run_inodes
     # A consumer editing a published file in place cannot reach the next run.
     recs = first.path / "recommendations.parquet"
     good = published(first.path, "recommendations")

@@ -36,7 +36,7 @@ def no_factors(key: str) -> pa.Table:
 
 
 def only(source: str, n: int = 10) -> CandidatesConfig:
-    sizes = {s: 0 for s in ("user_pearson", "item_pearson", "als", "popular", "author")}
+    sizes = {s: 0 for s in ("user_pearson", "item_pearson", "als", "popular", "author", "ease")}
     return CandidatesConfig(**{**sizes, source: n})
 
 
@@ -87,7 +87,7 @@ def test_same_author_scores_by_share_of_history() -> None:
 def test_union_counts_sources_and_block_size_does_not_matter(block: int) -> None:
     un = nbrs("user_id", [("u1", "u2", 0.5), ("u1", "u3", 0.9)])
     inb = nbrs("item_id", [("i1", "i3", 0.4), ("i1", "i5", 0.7)])
-    cfg = CandidatesConfig(als=0, author=0, popular=2, block_elements=block)
+    cfg = CandidatesConfig(als=0, author=0, ease=0, popular=2, block_elements=block)
     out = generate(interactions(), items(), un, inb, no_factors("user_id"),
                    no_factors("item_id"), cfg)
     u1 = {r["item_id"]: r["n_sources"] for r in out.to_pylist() if r["user_id"] == "u1"}

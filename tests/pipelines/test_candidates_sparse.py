@@ -33,8 +33,8 @@ def _args(t: dict[str, pa.Table]) -> tuple[pa.Table, ...]:
 
 
 @pytest.mark.parametrize("sizes", [
-    dict(user_pearson=7, item_pearson=9, als=0, popular=5, author=4),
-    dict(user_pearson=100, item_pearson=100, als=0, popular=50, author=50),
+    dict(user_pearson=7, item_pearson=9, als=0, popular=5, author=4, ease=0),
+    dict(user_pearson=100, item_pearson=100, als=0, popular=50, author=50, ease=0),
 ])
 def test_sparse_sources_equal_the_dense_oracle(inputs: dict[str, pa.Table],
                                                sizes: dict[str, int]) -> None:
@@ -46,7 +46,7 @@ def test_sparse_sources_equal_the_dense_oracle(inputs: dict[str, pa.Table],
 
 
 def test_als_top_n_equals_a_float64_numpy_oracle(inputs: dict[str, pa.Table]) -> None:
-    cfg = CandidatesConfig(user_pearson=0, item_pearson=0, als=6, popular=0, author=0,
+    cfg = CandidatesConfig(user_pearson=0, item_pearson=0, als=6, popular=0, author=0, ease=0,
                            block_elements=50)
     got = generate(*_args(inputs), cfg, shard_users=4)
     t = inputs["interactions"]
