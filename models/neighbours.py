@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numba
 import numpy as np
@@ -83,6 +83,38 @@ def pearson_blocks(ratings: sp.csr_matrix, config: PearsonConfig) -> Neighbours:
     thread 48 bytes of sums per row and the buffers (48 * k bytes per row); the output is
     O(n_rows * k). The result does not depend on the thread count.
     """
+    prep = prepare(ratings, config)
+    if prep is None:
+        empty = np.zeros(0, dtype=np.int32)
+        return Neighbours(empty, empty, np.zeros(0), empty)
+    threads = max(1, min(config.threads, numba.config.NUMBA_NUM_THREADS))
+    best = _alloc_best(threads, prep.n_rows, prep.k)
+    if threads == 1:
+        _scan(0, 1, 0, *prep.args, *best)
+        out = _collect(1, prep.n_rows, prep.k, *best)
+    else:
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            _scan_parallel(threads, *prep.args, *best)
+            out = _collect_parallel(threads, prep.n_rows, prep.k, *best)
+        finally:
+            numba.set_num_threads(previous)
+    return Neighbours(*out)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The kernel's inputs: centred, scaled rows, their inverted index and the settings."""
+
+    n_rows: int
+    k: int
+    args: tuple[Any, ...]  # (indptr, indices, values, colptr, colrow, colval, colpos,
+    #                        row_stat, mode, k, min_support, threshold, shrinkage)
+
+
+def prepare(ratings: sp.csr_matrix, config: PearsonConfig) -> Prepared | None:
+    """Validate and prepare `ratings` for the kernel; None when no pair can exist."""
     csr = sp.csr_matrix(ratings, dtype=np.float64)  # copies: the caller's matrix is untouched
     csr.sum_duplicates()
     csr.sort_indices()
@@ -92,8 +124,7 @@ def pearson_blocks(ratings: sp.csr_matrix, config: PearsonConfig) -> Neighbours:
     n_rows, n_cols = csr.shape
     k = min(config.k, n_rows - 1)
     if k < 1 or csr.nnz == 0:
-        empty = np.zeros(0, dtype=np.int32)
-        return Neighbours(empty, empty, np.zeros(0), empty)
+        return None
     mode = _MODES[config.similarity]
     indptr = csr.indptr.astype(np.int64)
     indices = csr.indices.astype(np.int32)
@@ -103,24 +134,28 @@ def pearson_blocks(ratings: sp.csr_matrix, config: PearsonConfig) -> Neighbours:
             "every row's weights are all equal (implicit feedback, or data without a weight "
             "column): Pearson is undefined, so no neighbours come out. Set similarity = "
             '"cosine" or "jaccard" in this neighbours section for co-occurrence data.',
-            DataWarning, stacklevel=2)
+            DataWarning, stacklevel=3)
     colptr, colrow, colval, colpos = _transpose(indptr, indices, values, n_cols)
-    threads = max(1, min(config.threads, numba.config.NUMBA_NUM_THREADS))
-    args = (indptr, indices, values, colptr, colrow, colval, colpos, row_stat, mode, k,
-            config.min_support, config.threshold, config.shrinkage)
-    best = _alloc_best(threads, n_rows, k)
-    if threads == 1:
-        _scan(0, 1, *args, *best)
-        out = _collect(1, n_rows, k, *best)
-    else:
-        previous = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            _scan_parallel(threads, *args, *best)
-            out = _collect_parallel(threads, n_rows, k, *best)
-        finally:
-            numba.set_num_threads(previous)
-    return Neighbours(*out)
+    return Prepared(n_rows, k, (indptr, indices, values, colptr, colrow, colval, colpos,
+                                row_stat, mode, k, config.min_support, config.threshold,
+                                config.shrinkage))
+
+
+def scan_part(prep: Prepared, part: int, parts: int) -> tuple[np.ndarray, ...]:
+    """The k-best buffers of the pairs (u, v > u) with u = part (mod parts), one thread.
+
+    For a cluster: each worker scans one part; `merge_parts` of all parts equals
+    `pearson_blocks` with threads = parts, which equals any other thread count.
+    """
+    best = _alloc_best(1, prep.n_rows, prep.k)
+    _scan(part, parts, 0, *prep.args, *best)
+    return best
+
+
+def merge_parts(prep: Prepared, parts: list[tuple[np.ndarray, ...]]) -> Neighbours:
+    """Top-k neighbours from every part's buffers (in part order)."""
+    best = tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
+    return Neighbours(*_collect(len(parts), prep.n_rows, prep.k, *best))
 
 
 @njit(cache=True, nogil=True)
@@ -278,16 +313,17 @@ def _offer(buf: np.ndarray, size: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def _scan(t: int, threads: int, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+def _scan(t: int, threads: int, slot_t: int, indptr: np.ndarray, indices: np.ndarray,
+          values: np.ndarray,
           colptr: np.ndarray, colrow: np.ndarray, colval: np.ndarray, colpos: np.ndarray,
           row_stat: np.ndarray, mode: int, k: int, min_support: int, threshold: float,
           shrinkage: float, buf: np.ndarray,
           size: np.ndarray, floor_w: np.ndarray, floor_v: np.ndarray) -> None:
-    """Rows t, t + threads, ...: every pair (u, v > u) offered to thread t's u and v."""
+    """Rows t, t + threads, ...: every pair (u, v > u) offered to buffer set slot_t's u and v."""
     n_rows = len(indptr) - 1
     acc = np.zeros((n_rows, 6))  # per v: n, Σx, Σy, Σx², Σy², Σxy over I_uv
     touched = np.empty(n_rows, dtype=np.int32)
-    offset = t * n_rows  # this thread's buffer slots
+    offset = slot_t * n_rows  # this thread's (or part's) buffer slots
     for u in range(t, n_rows, threads):
         m = 0
         for p in range(indptr[u], indptr[u + 1]):
@@ -361,7 +397,7 @@ def _scan_parallel(threads: int, indptr: np.ndarray, indices: np.ndarray, values
                    size: np.ndarray, floor_w: np.ndarray, floor_v: np.ndarray) -> None:
     """`_scan` on `threads` interleaved row sets at once (interleaving balances v > u)."""
     for t in prange(threads):
-        _scan(t, threads, indptr, indices, values, colptr, colrow, colval, colpos, row_stat,
+        _scan(t, threads, t, indptr, indices, values, colptr, colrow, colval, colpos, row_stat,
               mode, k, min_support, threshold, shrinkage, buf, size, floor_w, floor_v)
 
 

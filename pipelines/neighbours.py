@@ -20,7 +20,8 @@ def neighbours_schema(key: str) -> pa.Schema:
     ])
 
 
-def _table(nb: Neighbours, vocab: IdVocab, key: str) -> pa.Table:
+def as_table(nb: Neighbours, vocab: IdVocab, key: str) -> pa.Table:
+    """Neighbours in dense indices as a published table keyed by `key`."""
     return pa.table({
         key: vocab.take(nb.row), NEIGHBOUR_ID: vocab.take(nb.neighbour),
         WEIGHT: pa.array(nb.weight), SUPPORT: pa.array(nb.support),
@@ -30,10 +31,10 @@ def _table(nb: Neighbours, vocab: IdVocab, key: str) -> pa.Table:
 def user_neighbours(interactions: pa.Table, config: PearsonConfig) -> pa.Table:
     """User-based Pearson: rows are users, co-rated entries are items."""
     m = build_matrix(interactions)
-    return _table(pearson_blocks(m.weights, config), m.users, USER_ID)
+    return as_table(pearson_blocks(m.weights, config), m.users, USER_ID)
 
 
 def item_neighbours(interactions: pa.Table, config: PearsonConfig) -> pa.Table:
     """Item-based Pearson: rows are items, co-rated entries are the users who rated both."""
     m = build_matrix(interactions)
-    return _table(pearson_blocks(m.weights.T.tocsr(), config), m.items, ITEM_ID)
+    return as_table(pearson_blocks(m.weights.T.tocsr(), config), m.items, ITEM_ID)

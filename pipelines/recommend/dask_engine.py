@@ -67,6 +67,11 @@ class DaskEngine:
     def __init__(self, client: Any) -> None:
         self.client = client
 
+    @property
+    def parallelism(self) -> int:
+        """Workers in the cluster (the Pearson scan is split into this many parts)."""
+        return max(1, len(self.client.scheduler_info()["workers"]))
+
     def map_shards(self, fn: ShardFn, shared: Any, paths: Sequence[Path]) -> list[int]:
         """One task per shard, in order."""
         if not paths:
@@ -101,11 +106,13 @@ class DaskEngine:
         model = DaskLGBMRanker(client=self.client, n_estimators=ranker.config.epochs,
                                verbose=-1, **params)
         model.fit(dx, dy, group=dg, eval_set=[(da.from_array(xv), da.from_array(yv))],
-                  eval_group=[da.from_array(gv)], eval_at=[ranker.config.eval_at])
+                  eval_group=[da.from_array(gv)], eval_at=[ranker.config.eval_at],
+                  eval_metric="ndcg")
         local = model.to_local()
-        curve = next(iter(local.evals_result_.values()))
-        scores = next(iter(curve.values()))
-        best = int(np.argmax(scores)) + 1 if len(scores) else ranker.config.epochs
+        curves = getattr(model, "evals_result_", None) or getattr(local, "evals_result_", {})
+        scores = [v for curve in curves.values() for v in curve.values()][:1]
+        best = (int(np.argmax(scores[0])) + 1 if scores and len(scores[0])
+                else ranker.config.epochs)
         log.info("distributed ranker: %d rows in %d partitions, best iteration %d",
                  len(yt), n_parts, best)
         return ranker.set_booster(local.booster_, best)

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.columns import ITEM_ID, RANK, USER_ID
 from features.errors import DataWarning
+from features.matrix import build_matrix
 from features.ranking import HistoryStats, candidate_features, history_stats
+from models.neighbours import Prepared, merge_parts, pearson_blocks, prepare, scan_part
 from models.ranker import LambdaRanker
 from pipelines import candidates as cand
 from pipelines import diversify as div
@@ -33,7 +36,7 @@ from pipelines.evaluate import (
     top_k_from_scores,
 )
 from pipelines.recommend.config import RunConfig, section
-from pipelines.recommend.tables import StageIO, table_path, write_part
+from pipelines.recommend.tables import WORK, StageIO, table_path, write_part
 from pipelines.store import atomic_path, fault_point
 
 log = logging.getLogger(__name__)
@@ -110,14 +113,38 @@ def _split(io: StageIO, cfg: RunConfig, h: History, parent: History) -> None:
     io.write(h.table("target"), split.test)
 
 
-def _user_neighbours(io: StageIO, cfg: RunConfig, h: History) -> None:
-    io.write(h.table("user_neighbours"),
-             neighbours.user_neighbours(io.read(h.table("history")), cfg.user_neighbours))
+def _pearson_part(shared: tuple[Prepared, int], i: int, path: Path) -> int:
+    """One worker's part of the Pearson scan, saved as its k-best buffers."""
+    prep, parts = shared
+    best = scan_part(prep, i, parts)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, *best)
+    tmp.replace(path)
+    return 0
 
 
-def _item_neighbours(io: StageIO, cfg: RunConfig, h: History) -> None:
-    io.write(h.table("item_neighbours"),
-             neighbours.item_neighbours(io.read(h.table("history")), cfg.item_neighbours))
+def _neighbours(io: StageIO, cfg: RunConfig, h: History, side: str) -> None:
+    """Top-k Pearson neighbours of users or items; split over the workers on a cluster."""
+    m = build_matrix(io.read(h.table("history")))
+    config = cfg.user_neighbours if side == "user" else cfg.item_neighbours
+    mat, vocab, key = ((m.weights, m.users, USER_ID) if side == "user"
+                       else (m.weights.T.tocsr(), m.items, ITEM_ID))
+    parts = int(getattr(io.engine, "parallelism", 1))
+    prep = prepare(mat, config) if parts > 1 else None
+    if prep is None:
+        nb = pearson_blocks(mat, config)
+    else:  # the prepared matrix goes to every worker once; each scans rows u = i mod parts
+        scratch = io.folder / WORK / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        paths = [scratch / f"{h.name}-{side}-{i}.npz" for i in range(parts)]
+        io.engine.map_shards(_pearson_part, (prep, parts), paths)
+        buffers = []
+        for path in paths:
+            with np.load(path) as z:
+                buffers.append(tuple(z[f"arr_{j}"] for j in range(4)))
+            path.unlink()
+        nb = merge_parts(prep, buffers)
+    io.write(h.table(f"{side}_neighbours"), neighbours.as_table(nb, vocab, key))
 
 
 def _als(io: StageIO, cfg: RunConfig, h: History) -> None:
@@ -406,10 +433,10 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
             continue
         stages += [
             Stage(_at("user_neighbours", h), "user_neighbours", (hist,),
-                  (h.table("user_neighbours"),), partial(_user_neighbours, h=h),
+                  (h.table("user_neighbours"),), partial(_neighbours, h=h, side="user"),
                   ("user_neighbours",)),
             Stage(_at("item_neighbours", h), "item_neighbours", (hist,),
-                  (h.table("item_neighbours"),), partial(_item_neighbours, h=h),
+                  (h.table("item_neighbours"),), partial(_neighbours, h=h, side="item"),
                   ("item_neighbours",)),
             Stage(_at("als", h), "als", (hist,), (h.table("user_factors"),
                                                   h.table("item_factors")),

@@ -348,3 +348,19 @@ def test_kernel_equals_oracle(data: tuple[np.ndarray, np.ndarray, np.ndarray], k
             head = order[u][: k + 1]
             if np.all(np.abs(np.diff([w for _, w, _ in head])) > tol):
                 assert got[: min(k, len(head))] == [v for v, _, _ in head[:k]]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_parts_merged_equal_the_whole_scan(parts: int) -> None:
+    from models.neighbours import merge_parts, prepare, scan_part
+
+    rng = np.random.default_rng(parts)
+    m = sp.random(120, 40, density=0.25, random_state=rng, format="csr")
+    m.data = np.round(m.data * 4) + 1
+    cfg = PearsonConfig(k=7, min_support=2, shrinkage=3.0)
+    whole = pearson_blocks(m, cfg)
+    prep = prepare(m, cfg)
+    assert prep is not None
+    merged = merge_parts(prep, [scan_part(prep, i, parts) for i in range(parts)])
+    for field in ("row", "neighbour", "weight", "support"):
+        assert np.array_equal(getattr(whole, field), getattr(merged, field)), field
