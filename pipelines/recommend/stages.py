@@ -75,7 +75,7 @@ class Stage:
     fn: Callable[[StageIO, RunConfig], dict[str, Any] | None] = field(compare=False, repr=False)
     config: tuple[str, ...] = ()
     """Dotted config paths whose values shape the output (besides the upstream stages)."""
-    timeout_s: float | None = None
+    timeout_s: float | None = 6 * 3600  # a hung stage fails the run instead of blocking the night
 
 
 def _ingest(io: StageIO, cfg: RunConfig) -> dict[str, Any]:

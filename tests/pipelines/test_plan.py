@@ -117,3 +117,10 @@ def test_a_used_run_id_fails_before_the_work(tmp_path: Path) -> None:
     run_nightly(cfg, run_id="once")
     with pytest.raises(ConfigError, match="already used"):
         run_nightly(cfg, run_id="once")
+
+
+def test_a_toml_nested_too_deep_is_a_config_error(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        RunConfig.from_toml(deep)
