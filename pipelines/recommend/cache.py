@@ -36,15 +36,6 @@ def copy_hashed(src: Path, dst: Path) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def entry(root: Path, stage: str, key: str) -> Path:
     """The cache folder of one stage key."""
     return root / "cache" / stage / key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import platform
 import shutil
@@ -52,11 +51,7 @@ def fingerprint(cfg: RunConfig) -> dict[str, str]:
 @functools.lru_cache(maxsize=64)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a file, cached per (path, size, mtime): every stage key asks for it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return ingest.file_sha256(Path(path))
 
 
 def versions() -> dict[str, str]:
