@@ -1,9 +1,4 @@
-"""Shipped MNIST digit classifier that judges generated digits: confidence and feature distance.
-
-The weights in `features/data/classifier/` were made by `python -m models.generative.classifier`
-(see the README there): trained once on the generative flows' training split (seed 0, 8,000
-digits), never on the validation split, and never on generated images.
-"""
+"""Shipped MNIST digit classifier that judges generated digits: confidence and feature distance."""
 
 from __future__ import annotations
 
@@ -25,6 +20,8 @@ from models.torch_utils import load_checkpoint, save_checkpoint, seed_everything
 log = logging.getLogger(__name__)
 
 WEIGHTS = data_path("classifier", "digit_cnn.pt")
+"""Made by `python -m models.generative.classifier` (see the README beside them): trained once on
+the flows' training split (seed 0, 8,000 digits), never on validation or generated digits."""
 CONFIDENCE = 0.9
 """A generated digit counts as confident when the classifier's top softmax exceeds this."""
 FEATURE_SIZE = 128
