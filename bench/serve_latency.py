@@ -27,7 +27,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FLOW, DEPLOYMENT = "nightly-recommendations", "nightly"
+FLOW, DEPLOYMENT = "nightly-recommendations", "nightly-recommendations"
 
 
 def free_port() -> int:
