@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import polars as pl
-
 import pyarrow as pa
 
 from features.ranking import history_stats, popularity_at_user_time

@@ -15,6 +15,7 @@ from features.columns import AUTHOR_ID, ITEM_ID, N_SOURCES, NEIGHBOUR_ID, TS, US
 from features.matrix import InteractionMatrix, build_matrix
 from features.vocab import IdVocab
 
+
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the k largest scores per row, ties going to the lower index."""
     b, n = scores.shape
