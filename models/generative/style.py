@@ -105,7 +105,7 @@ class FastTrainConfig(BaseModel):
 
     steps: PositiveInt = 900
     """Optimiser steps (one batch of random crops each); 900 x 2 crops of 128 px take about
-    14 CPU-minutes for the default network on one shared core."""
+    13 CPU-minutes for the default network on one shared core."""
     batch_size: PositiveInt = 2
     """Crops per step."""
     crop_size: int = Field(default=128, ge=16)
