@@ -27,6 +27,7 @@ import pytest
 
 from pipelines.nightly import RunConfig, run_nightly
 from pipelines.store import latest_run
+from tests.conftest import published as published_table
 from tests.conftest import tiny_config_dict, to_toml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,8 +195,8 @@ def test_nightly_flow_against_a_real_prefect_server(
     # A rerun of the same night on the same root recomputes nothing (content-keyed cache).
     again = run_nightly(RunConfig.from_toml(config), run_id="served-again")
     assert [r.stage for r in again.reports if not r.cached] == []
-    assert pq.read_table(again.path / "recommendations.parquet").equals(
-        pq.read_table(published / "recommendations.parquet"))
+    assert published_table(again.path, "recommendations").equals(
+        published_table(published, "recommendations"))
 
 
 # --- The temporary server `recsys run` starts when PREFECT_API_URL is not set -----------------
