@@ -27,10 +27,12 @@ class EaseConfig(BaseModel):
     (validation NDCG@10, bench/quality.py: ML-1M users 1-2999 best at 3000, MovieLens
     latest-small and Last.fm at 60); 200 has the smallest worst-case loss against each data
     set's best (-4.6%, mean -3.1%). Prefer `select_reg` on the night's own validation split."""
-    max_items: int = Field(20_000, ge=1)
+    max_items: int = Field(10_000, ge=1)
     """Largest catalogue EASE accepts: fit holds one dense items x items float64 matrix, plus
-    up to two more of at most that size in the dual solver, then B in `dtype` (20,000 items:
-    3.2 GB each, ~5-10 GB peak), so a larger catalogue raises `CatalogueTooLarge`."""
+    up to two more of at most that size in the dual solver, then B in `dtype` (10,000 items:
+    0.8 GB each; 20,000: 3.2 GB each, ~5-10 GB peak), and the nightly fits it once per
+    history, so a larger catalogue raises `CatalogueTooLarge` and the nightly skips the source
+    with a warning (an 18,000-item catalogue took minutes per fit on one thread)."""
     dtype: Literal["float32", "float64"] = "float32"
     """Storage and scoring precision of B. The inverse is always computed in float64; float32
     halves memory and scoring time, and its scores match float64 to ~1e-6 relative (ties
