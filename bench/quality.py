@@ -114,8 +114,8 @@ def choose_ease_reg(inner: Split, items: pa.Table, grid: Sequence[float]) -> flo
     best = (-1.0, 0.0)
     for reg in grid:
         t = time.perf_counter()
-        m = evaluate_lists(ease_lists(inner.train, users, EaseConfig(reg=reg, max_items=BENCH_MAX_ITEMS)), inner.test,
-                           items, n_items)
+        ease = EaseConfig(reg=reg, max_items=BENCH_MAX_ITEMS)
+        m = evaluate_lists(ease_lists(inner.train, users, ease), inner.test, items, n_items)
         print(f"  EASE lambda={reg:g}: validation NDCG@10 {m.ndcg_at_10:.4f} "
               f"Recall@20 {m.recall_at_20:.4f} ({time.perf_counter() - t:.1f} s)", flush=True)
         if m.ndcg_at_10 > best[0]:
