@@ -133,7 +133,10 @@ def reference(run_root: Path, interactions: Any, cfg: Any) -> dict[str, float]:
     t = time.perf_counter()
     lgb.train(params, lgb.Dataset(x, y, group=[100] * 5000), num_boost_round=100)
     out["lgbm_random_500k_s"] = time.perf_counter() - t
-    own = sorted((run_root / "cache").glob("train_rows@h1/*/work/h1/train_rows.parts/*.parquet"))
+    from pipelines.recommend.tables import WORK
+
+    parts = Path("train_rows@h1", "*", WORK, "h1", "train_rows.parts", "*.parquet")
+    own = sorted((run_root / "cache").glob(str(parts)))
     if own:
         frame = pl.concat([pl.read_parquet(p) for p in own], how="diagonal_relaxed")
         if frame.height:

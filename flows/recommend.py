@@ -137,7 +137,12 @@ def _config(config_path: Path | None, preset: str | None, data: Path | None,
     return load_config(config_path, preset, data, output, no_cache)
 
 
-def _summary(result: RunResult) -> dict[str, object]:
+def _run(cfg: RunConfig, run_id: str | None, evaluate_only: bool) -> dict[str, object]:
+    """Run the plan as tasks (on the configured cluster), publish, then the artifacts."""
+    with _cluster(cfg):
+        result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, evaluate_only),
+                          evaluate_only=evaluate_only)
+    publish_artifacts(result)
     return {"run_id": result.run_id, "path": str(result.path),
             "stages": [r.__dict__ for r in result.reports]}
 
@@ -165,11 +170,7 @@ def nightly_recommendations(config_path: Path | None = None, run_id: str | None 
     output: the output root (runs/, latest, cache/ and warehouse.duckdb go there).
     no_cache: recompute every stage instead of reusing unchanged results.
     """
-    cfg = config or _config(config_path, preset, data, output, no_cache)
-    with _cluster(cfg):
-        result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, False))
-    publish_artifacts(result)
-    return _summary(result)
+    return _run(config or _config(config_path, preset, data, output, no_cache), run_id, False)
 
 
 @flow(name="offline-evaluation", log_prints=True, flow_run_name=_run_name,
@@ -182,9 +183,4 @@ def offline_evaluation(config: RunConfig | None = None, run_id: str | None = Non
 
     Parameters as for nightly-recommendations; the run is published without moving latest.
     """
-    cfg = config or _config(config_path, preset, data, output, no_cache)
-    with _cluster(cfg):
-        result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, True),
-                          evaluate_only=True)
-    publish_artifacts(result)
-    return _summary(result)
+    return _run(config or _config(config_path, preset, data, output, no_cache), run_id, True)

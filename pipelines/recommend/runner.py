@@ -170,8 +170,10 @@ def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: boo
         client = connect(cfg.engine)
         engine = DaskEngine(client)
 
+    p = plan(cfg, evaluate_only=evaluate_only)
+
     def call(stage: Stage, run: RunFolder) -> StageReport:
-        return execute(plan(cfg, evaluate_only=evaluate_only), stage, run.staging, cfg, engine)
+        return execute(p, stage, run.staging, cfg, engine)
     try:
         return run_with(cfg, run_id, sequential(call), evaluate_only=evaluate_only)
     finally:

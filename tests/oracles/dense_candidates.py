@@ -14,21 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from features.columns import AUTHOR_ID, ITEM_ID, N_SOURCES, NEIGHBOUR_ID, TS, USER_ID, WEIGHT
 from features.matrix import InteractionMatrix, build_matrix
 from features.vocab import IdVocab
-
-
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest scores per row, ties going to the lower index."""
-    b, n = scores.shape
-    k = min(k, n)
-    if k == n:
-        return np.broadcast_to(np.arange(n), (b, n)).copy()
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # (b, 1)
-    above = scores > kth
-    need = k - above.sum(axis=1, keepdims=True)
-    equal = scores == kth
-    chosen = above | (equal & (np.cumsum(equal, axis=1) <= need))
-    return np.nonzero(chosen)[1].reshape(b, k)
-
+from models.neighbours import top_k_indices
 
 SOURCES = ("user_pearson", "item_pearson", "als", "popular", "author")
 
