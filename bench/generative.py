@@ -33,7 +33,7 @@ from models.generative.realnvp import RealNVPConfig  # noqa: E402
 from models.generative.training import TrainConfig, evaluate_in_batches, fit  # noqa: E402
 from models.generative.vae import VAEConfig  # noqa: E402
 from models.torch_utils import pick_device, seed_everything, set_threads  # noqa: E402
-from pipelines.generative import load_data, load_trained, make_config, train_model  # noqa: E402
+from pipelines.addons.generative import load_data, load_trained, make_config, train_model  # noqa: E402
 
 log = logging.getLogger("bench.generative")
 

@@ -34,7 +34,7 @@ from features.audio import (  # noqa: E402
     mu_law_encode_torch,
     round_trip_snr_db,
 )
-from pipelines.audio import AudioConfig, load_catalogue, load_mono, normalise_peak  # noqa: E402
+from pipelines.addons.audio import AudioConfig, load_catalogue, load_mono, normalise_peak  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "audio"
 RATE = 16_000

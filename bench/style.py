@@ -60,14 +60,14 @@ from models.generative.style import (  # noqa: E402
 )
 from models.generative.vgg import load_vgg  # noqa: E402
 from models.torch_utils import pick_device, seed_everything, set_threads  # noqa: E402
-from pipelines.store import RunFolder, new_run_id, write_bytes_atomic  # noqa: E402
-from pipelines.style import (  # noqa: E402
+from pipelines.addons.style import (  # noqa: E402
     DEFAULT_STYLE,
     DEFAULT_TRAIN_IMAGES,
     history_table,
     load_training_images,
     plot_loss_png,
 )
+from pipelines.store import RunFolder, new_run_id, write_bytes_atomic  # noqa: E402
 
 DEFAULTS_TRAIN = FastTrainConfig()
 DEFAULTS_NET = TransformNetConfig()

@@ -16,7 +16,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from pipelines.audio import (
+from pipelines.addons.audio import (
     AudioConfig,
     AudioRunResult,
     CatalogueEntry,

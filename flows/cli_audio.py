@@ -67,7 +67,7 @@ def encode(
     logging.getLogger("pipelines").setLevel(logging.INFO)  # per-file progress lines
 
     from flows.audio import audio_catalogue
-    from pipelines.audio import AudioConfig
+    from pipelines.addons.audio import AudioConfig
 
     base = AudioConfig.from_toml(config) if config is not None else AudioConfig()
     overrides = {"target_rate": target_rate, "channels": channels, "chunk_samples": chunk_samples}

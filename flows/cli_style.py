@@ -45,7 +45,7 @@ def _check_file(path: Path, what: str) -> None:
 
 
 def _echo_result(result: object) -> None:
-    from pipelines.style import StyleRunResult
+    from pipelines.addons.style import StyleRunResult
 
     assert isinstance(result, StyleRunResult)
     typer.echo(f"run folder: {result.run_dir}")

@@ -36,7 +36,7 @@ def _train(model: str, config: Path | None, device: Device, output: Path, epochs
     from flows.settings import configure_process, console_logging
 
     configure_process()
-    from pipelines.generative import load_config
+    from pipelines.addons.generative import load_config
 
     # Validate the config before any flow run starts: a typo fails fast with exit code 2.
     cfg = load_config(model, config, {"epochs": epochs})
@@ -49,7 +49,7 @@ def _train(model: str, config: Path | None, device: Device, output: Path, epochs
             summary = run_training(model, config_path=config, config=cfg, device=device.value,
                                    output=output, run_id=run_id, show_progress=progress)
     else:
-        from pipelines.generative import train_model
+        from pipelines.addons.generative import train_model
 
         console_logging()
         res = train_model(model, cfg, device=device.value, root=output, run_id=run_id,

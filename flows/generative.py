@@ -19,8 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.settings import configure_process
-from pipelines import generative
-from pipelines.generative import EpochReport, TrainResult
+from pipelines.addons import generative
+from pipelines.addons.generative import EpochReport, TrainResult
 from pipelines.store import new_run_id
 
 GPU_TAGS = ["gpu"]

@@ -22,9 +22,9 @@ from models.generative.style import (
     StyleConfig,
     TransformNetConfig,
 )
-from pipelines import style as jobs
+from pipelines.addons import style as jobs
+from pipelines.addons.style import StyleRunResult
 from pipelines.store import new_run_id
-from pipelines.style import StyleRunResult
 
 GPU_TAGS = ("gpu",)
 

@@ -37,3 +37,16 @@ def test_every_module_has_a_docstring() -> None:
     for layer in LAYERS + ["bench"]:
         for path in (REPO / layer).rglob("*.py"):
             assert ast.get_docstring(ast.parse(path.read_text())), path
+
+
+def test_addon_jobs_stay_apart_from_the_recommender() -> None:
+    # The add-on jobs share only the run store with the nightly recommender.
+    for path in (REPO / "pipelines" / "addons").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules = {
+            n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+        } | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        inner = {m for m in modules if m.startswith("pipelines.")}
+        assert inner <= {"pipelines.store"} | {
+            m for m in inner if m.startswith("pipelines.addons")
+        }, f"{path.relative_to(REPO)} imports {inner}"

@@ -11,7 +11,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from flows.cli_audio import app
-from pipelines.audio import AudioConfig, AudioRunResult, run_audio_catalogue
+from pipelines.addons.audio import AudioConfig, AudioRunResult, run_audio_catalogue
 
 runner = CliRunner()
 

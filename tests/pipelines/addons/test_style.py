@@ -18,7 +18,7 @@ from models.generative.style import (
     load_transform_net,
 )
 from models.torch_utils import set_threads
-from pipelines.style import (
+from pipelines.addons.style import (
     DEFAULT_CONTENT,
     DEFAULT_STYLE,
     expand_images,

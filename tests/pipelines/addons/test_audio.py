@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from features.audio import mu_law_decode, round_trip_snr_db
 from features.errors import ConfigError, DataError
-from pipelines.audio import (
+from pipelines.addons.audio import (
     CATALOGUE_SCHEMA,
     DEFAULT_CATALOGUE,
     REJECTED_SCHEMA,

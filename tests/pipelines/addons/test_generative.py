@@ -16,8 +16,8 @@ from PIL import Image
 
 from features.errors import ConfigError, DataError
 from features.mnist import MNIST_DIR, load_mnist, read_idx, split_indices, two_moons
-from pipelines import generative
-from pipelines.generative import (
+from pipelines.addons import generative
+from pipelines.addons.generative import (
     RESUME_CHECKPOINT,
     image_grid,
     load_config,

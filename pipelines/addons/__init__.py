@@ -1,0 +1,1 @@
+"""Add-on jobs beside the recommender: generative models, style transfer, audio catalogues."""
