@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -128,8 +129,10 @@ def mu_law_encode(
 
     The codes are defined by a float32 formula (`_encode_numpy`). For float32/float64 input
     and up to 1024 channels a fused numba kernel returns the same codes bit for bit from the
-    float32 bit pattern of |x| and a table of the formula's code boundaries, in one pass at
-    about the speed of a memory-bound elementwise pass. Float32 rounding means a sample lying
+    float32 bit pattern of |x| and a table of the formula's code boundaries, in one pass; with
+    AVX2 and contiguous arrays it looks up 8 samples per gather instruction and runs within
+    1.2-1.6x of a memory-bound float32 multiply (2.5-3.5x for the scalar loop that strided
+    arrays and CPUs without AVX2 get). Float32 rounding means a sample lying
     within about 1e-4 of a code boundary (in code units) can land one code away from the
     float64 formula: 4 in a million uniform random samples; every other sample matches exactly.
 
@@ -152,15 +155,23 @@ def mu_law_encode(
         raise ValueError(f"out must be {dtype} with {x.size} elements, got {out.dtype} {out.size}")
     if block < 1:
         raise ValueError(f"block must be positive, got {block}")
-    flat_out = out.reshape(-1)
     if x.size == 0:
         return out
-    kernel = _fast_kernel() if _fast_path(x, mu) else None
-    if kernel is None:
+    flat_out = out.view()
+    try:
+        flat_out.shape = (-1,)  # a view, never a copy: the codes must land in `out`
+    except AttributeError:  # `out` cannot be flattened without copying: encode, then copy in
+        np.copyto(out, mu_law_encode(x, channels, block=block).reshape(out.shape))
+        return out
+    kernels = _fast_kernels() if _fast_path(x, mu) else None
+    if kernels is None:
         _encode_numpy(x, mu, dtype, flat_out, block)
     else:
         table, shift = _boundary_table(mu)
-        kernel(x.reshape(-1), flat_out, table, shift, mu)
+        flat_x = x.reshape(-1)
+        contiguous = flat_x.flags.c_contiguous and flat_out.flags.c_contiguous
+        kernel = kernels.gather if kernels.gather is not None and contiguous else kernels.scalar
+        kernel(flat_x, flat_out, table, shift, mu)
     return out
 
 
@@ -212,9 +223,40 @@ def _fast_path(x: np.ndarray, mu: int) -> bool:
     return mu < FAST_MAX_CHANNELS and x.dtype in (np.float32, np.float64) and x.dtype.isnative
 
 
+class _Kernels(NamedTuple):
+    """The compiled encoders, called as kernel(flat_x, flat_out, table, shift, mu)."""
+
+    scalar: Callable[..., None]
+    """Any float32/float64 1-D array and uint8/uint16 output, strided or not."""
+    gather: Callable[..., None] | None
+    """C-contiguous arrays only, 8 samples per AVX2 gather; None without AVX2."""
+
+
+def _has_avx2() -> bool:
+    """Whether numba compiles for a CPU with AVX2 (its host features, or NUMBA_CPU_FEATURES)."""
+    try:
+        from numba.core import codegen, config
+
+        features = config.CPU_FEATURES or codegen.get_host_cpu_features()
+    except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - numba internals
+        return False
+    return "+avx2" in str(features).split(",")
+
+
+# The gather kernel calls these two as globals, which numba resolves when it compiles: as
+# closure cells they would change its disk-cache key in every process and defeat the cache.
+_encode_scalar: Callable[..., None] | None = None
+_encode_lanes: Callable[..., None] | None = None
+
+
 @lru_cache(maxsize=1)
-def _fast_kernel() -> Callable[..., None] | None:
-    """The compiled kernel (numba imported on first use, cached on disk), or None without numba."""
+def _fast_kernels() -> _Kernels | None:
+    """The compiled kernels (numba imported on first use, cached on disk), or None without numba.
+
+    Both read the code of |x| from `_boundary_table`: the bucket's entry gives the code at the
+    bucket start, plus one if |x| lies at or past the bucket's boundary; x < 0 gives mu - code.
+    """
+    global _encode_scalar
     try:
         import numba
     except ImportError:  # pragma: no cover - numba is a dependency; the numpy path still works
@@ -222,17 +264,102 @@ def _fast_kernel() -> Callable[..., None] | None:
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def encode_kernel(x, out, table, shift, mu):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
-        one = 0x3F800000  # bits of 1.0f: |x| above (and NaN, inf) clip to it
-        low = (1 << shift) - 1
+        one = np.uint32(0x3F800000)  # bits of 1.0f: |x| above (and NaN, inf) clip to it
+        low = np.uint32((1 << shift) - 1)
+        field = np.uint32((2 << shift) - 1)
+        code_shift, m = np.uint32(shift + 1), np.uint32(mu)
         for i in range(x.size):
             v = x[i]
-            bits = np.int64(np.float32(v).view(np.uint32)) & 0x7FFFFFFF  # |x| as float32 bits
-            bits = min(bits, one)
-            entry = np.int64(table[bits >> shift])  # (code at bucket start, next boundary)
-            code = (entry >> (shift + 1)) + ((bits & low) >= (entry & (2 * low + 1)))
-            out[i] = mu - code if v < 0 else code  # x < 0, not the sign bit: -0.0 is 0.0
+            bits = min(np.float32(v).view(np.uint32) & np.uint32(0x7FFFFFFF), one)  # |x| bits
+            entry = table[bits >> np.uint32(shift)]  # (code at bucket start, next boundary)
+            code = (entry >> code_shift) + np.uint32((bits & low) >= (entry & field))
+            out[i] = m - code if v < 0 else code  # x < 0, not the sign bit: -0.0 is 0.0
 
-    return encode_kernel
+    _encode_scalar = encode_kernel
+    return _Kernels(encode_kernel, _gather_kernel(numba) if _has_avx2() else None)
+
+
+def _gather_kernel(numba: ModuleType) -> Callable[..., None]:
+    """The scalar kernel with its loop body on 8 lanes: one `vpgatherdd` reads 8 table entries.
+
+    LLVM does not emit gathers on its own for CPUs it deems slow at them (AMD Zen among them),
+    although the gather still beats 8 scalar loads there, so the body is written in LLVM IR.
+    """
+    from llvmlite import ir
+    from numba.core import types
+    from numba.core.cgutils import get_or_insert_function
+    from numba.extending import intrinsic
+
+    global _encode_lanes
+    lanes = 8
+    i32 = ir.IntType(32)
+    vec = ir.VectorType(i32, lanes)
+    gather_type = ir.FunctionType(vec, [vec, ir.IntType(8).as_pointer(), vec, vec, ir.IntType(8)])
+
+    def const(value: int) -> ir.Constant:
+        return ir.Constant(vec, [value] * lanes)
+
+    def splat(builder: ir.IRBuilder, value: ir.Value) -> ir.Value:
+        value = builder.trunc(value, i32) if value.type.width > 32 else value
+        lane0 = ir.Constant(i32, 0)
+        one_lane = builder.insert_element(ir.Constant(vec, ir.Undefined), value, lane0)
+        return builder.shuffle_vector(one_lane, one_lane, const(0))
+
+    @intrinsic
+    def encode_lanes(typingctx, x, out, table, start, shift, mu):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202, ARG001
+        """out[start : start + 8] = the codes of x[start : start + 8] (no bounds check)."""
+        arrays = (x, out, table)
+        if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in arrays):
+            return None
+        if not all(isinstance(a, types.Integer) for a in (start, shift, mu)):
+            return None
+
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+            xs, outs, tables = (context.make_array(t)(context, builder, v)
+                                for t, v in zip(signature.args[:3], args[:3], strict=True))
+            first, shift_v, m = args[3], splat(builder, args[4]), splat(builder, args[5])
+            sample = context.get_data_type(signature.args[0].dtype)
+            samples = ir.VectorType(sample, lanes)
+            loaded = builder.load(builder.bitcast(builder.gep(xs.data, [first]),
+                                                  samples.as_pointer()),
+                                  align=signature.args[0].dtype.bitwidth // 8)
+            negative = builder.fcmp_ordered("<", loaded, ir.Constant(samples, [0.0] * lanes))
+            if sample != ir.FloatType():  # float64: sign read above, |x| rounded to float32
+                loaded = builder.fptrunc(loaded, ir.VectorType(ir.FloatType(), lanes))
+            bits = builder.and_(builder.bitcast(loaded, vec), const(0x7FFFFFFF))
+            one = const(0x3F800000)
+            bits = builder.select(builder.icmp_unsigned("<", bits, one), bits, one)
+            low = builder.sub(builder.shl(const(1), shift_v), const(1))
+            field = builder.sub(builder.shl(const(2), shift_v), const(1))
+            gather = get_or_insert_function(builder.module, gather_type,
+                                            "llvm.x86.avx2.gather.d.d.256")
+            base = builder.bitcast(tables.data, ir.IntType(8).as_pointer())
+            entry = builder.call(gather, [const(0), base, builder.lshr(bits, shift_v), const(-1),
+                                          ir.Constant(ir.IntType(8), 4)])
+            code = builder.lshr(entry, builder.add(shift_v, const(1)))
+            past = builder.icmp_unsigned(">=", builder.and_(bits, low),
+                                         builder.and_(entry, field))
+            code = builder.add(code, builder.zext(past, vec))
+            code = builder.select(negative, builder.sub(m, code), code)
+            codes = ir.VectorType(context.get_data_type(signature.args[1].dtype), lanes)
+            target = builder.bitcast(builder.gep(outs.data, [first]), codes.as_pointer())
+            builder.store(builder.trunc(code, codes), target,
+                          align=signature.args[1].dtype.bitwidth // 8)
+            return context.get_dummy_value()
+
+        return types.void(x, out, table, start, shift, mu), codegen
+
+    _encode_lanes = encode_lanes
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def encode_gather(x, out, table, shift, mu):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+        end = x.size - x.size % 16
+        for i in range(0, end, 16):  # two gathers per iteration keep both in flight
+            _encode_lanes(x, out, table, i, shift, mu)
+            _encode_lanes(x, out, table, i + 8, shift, mu)
+        _encode_scalar(x[end:], out[end:], table, shift, mu)
+
+    return encode_gather
 
 
 def _positive_codes(bits: np.ndarray, mu: int) -> np.ndarray:

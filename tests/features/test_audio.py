@@ -351,6 +351,63 @@ def test_kernel_on_strided_and_shaped_input(rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(mu_law_encode(big_endian), numpy_encoder_before_kernel(x))
 
 
+def kernels_for(x: np.ndarray, channels: int) -> dict[str, np.ndarray]:
+    """The codes of each compiled kernel (scalar loop; 8-lane gather where the CPU has AVX2)."""
+    from features.audio import _boundary_table, _fast_kernels
+
+    kernels = _fast_kernels()
+    assert kernels is not None
+    table, shift = _boundary_table(channels - 1)
+    got = {}
+    for name, kernel in kernels._asdict().items():
+        if kernel is not None:
+            got[name] = np.full(x.size, 7, dtype=code_dtype(channels))
+            kernel(x, got[name], table, shift, channels - 1)
+    return got
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels", [2, 256, 1000, 1024])
+def test_scalar_and_gather_kernels_agree_bit_for_bit(rng: np.random.Generator, dtype: type,
+                                                     channels: int) -> None:
+    """Both kernels directly (mu_law_encode picks the gather one for contiguous arrays)."""
+    x = np.concatenate([
+        EDGES, boundary_neighbours(channels), rng.uniform(-1.2, 1.2, 20_000).astype(np.float32),
+    ]).astype(dtype)
+    if dtype == np.float64:
+        x = np.concatenate([x, [-1e-50, 1e-50, -5e-324, 1e300, -1e300]])
+    rng.shuffle(x)  # edge cases in every lane position
+    with np.errstate(over="ignore"):
+        want = numpy_encoder_before_kernel(x, channels)
+        for name, got in kernels_for(x, channels).items():
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_kernels_on_every_length_and_offset(rng: np.random.Generator) -> None:
+    """Lengths around the 16-sample step (the tail is scalar), unaligned starts, strided 1-D."""
+    x = np.concatenate([EDGES, rng.uniform(-1, 1, 100).astype(np.float32)])
+    want = numpy_encoder_before_kernel(x)
+    for start in range(3):
+        for stop in range(start, x.size, 5):
+            np.testing.assert_array_equal(mu_law_encode(x[start:stop]), want[start:stop])
+            for got in kernels_for(x[start:stop], 256).values():
+                np.testing.assert_array_equal(got, want[start:stop])
+    np.testing.assert_array_equal(mu_law_encode(x[::3]), want[::3])
+    np.testing.assert_array_equal(mu_law_encode(x.astype(np.float64)[1::2]), want[1::2])
+    out = np.zeros(2 * x.size, dtype=np.uint8)
+    assert mu_law_encode(x, out=out[1::2]) is not None
+    np.testing.assert_array_equal(out[1::2], want)  # a strided `out` is written in place
+    assert not out[::2].any()
+
+
+def test_out_that_cannot_be_flattened_in_place(rng: np.random.Generator) -> None:
+    x = rng.uniform(-1, 1, 12).astype(np.float32)
+    out = np.zeros((3, 9), dtype=np.uint8)[:, ::2]  # (3, 5) view, rows 9 apart
+    x = np.concatenate([x, x[:3]])
+    assert mu_law_encode(x, out=out) is out
+    np.testing.assert_array_equal(out.reshape(-1), numpy_encoder_before_kernel(x))
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.longdouble])
 def test_other_float_dtypes_take_the_numpy_path(rng: np.random.Generator, dtype: type) -> None:
     x = rng.uniform(-1, 1, 5000).astype(dtype)
