@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from features.audio import (  # noqa: E402
+    _boundary_table,
     _encode_numpy,
+    _fast_kernels,
     code_dtype,
     mu_law_decode,
     mu_law_encode,
@@ -149,6 +151,9 @@ def main() -> None:
     decoded = np.empty_like(hour)
     part = hour[: args.textbook_seconds * RATE]
     ours_name = "mu_law_encode (ours, numba kernel)"
+    kernels = _fast_kernels()
+    table, shift = _boundary_table(255)
+    print(f"kernel: {'8-lane AVX2 gather' if kernels and kernels.gather else 'scalar loop'}")
     ref_name = "multiply, preallocated out (memory-bound)"
     book_name = f"textbook numpy formula ({args.textbook_seconds} s slice)"
     passes: dict[str, tuple[int, Callable[[], object]]] = {
@@ -163,6 +168,10 @@ def main() -> None:
         "mu_law_encode_torch (CPU, 1 thread)": (n, lambda: mu_law_encode_torch(
             torch.from_numpy(hour))),
     }
+    if kernels is not None:
+        scalar = kernels.scalar
+        passes["scalar kernel (strided input; CPUs without AVX2)"] = (
+            n, lambda: scalar(hour, codes, table, shift, 255))
     # Round-robin: every pass runs once per round, so a noisy neighbour (this machine is
     # shared) hits them alike; report each pass's best round and the median same-round ratio.
     seconds: dict[str, list[float]] = {name: [] for name in passes}
