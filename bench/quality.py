@@ -141,7 +141,7 @@ def sources_for(history: pa.Table, items: pa.Table, cfg: RunConfig) -> Sources:
     inb = neighbours.item_neighbours(history, cfg.item_neighbours)
     uf, itf = embeddings.als_factors(history, cfg.als)
     candidates = cand.generate(history, items, un, inb, uf, itf, cfg.candidates, ease=cfg.ease)
-    stats = history_stats(history, items, inb, uf, itf,
+    stats = history_stats(history, items, uf, itf,
                           recent_days=cfg.candidates.popular_window_days)
     return Sources(history, candidates, stats)
 

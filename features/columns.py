@@ -13,3 +13,5 @@ SOURCES = "sources"
 NEIGHBOUR_ID = "neighbour_id"
 SUPPORT = "support"
 N_SOURCES = "n_sources"
+INB_SUPPORT = "inb_support"  # how many of the user's items list the candidate as a neighbour
+INB_SUM = "inb_sum"  # the sum of those items' Pearson weights to it

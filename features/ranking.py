@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from features.columns import AUTHOR_ID, ITEM_ID, N_SOURCES, NEIGHBOUR_ID, TS, USER_ID, WEIGHT
+from features.columns import AUTHOR_ID, ITEM_ID, N_SOURCES, TS, USER_ID, WEIGHT
 
 
 def _df(table: pa.Table) -> pl.DataFrame:
@@ -24,7 +24,6 @@ class HistoryStats:
 
     item_stats: pl.DataFrame  # one row per item: popularity, mean weight, age
     authors: pl.DataFrame  # (item_id, author_id)
-    item_neighbours: pl.DataFrame  # (_src, item_id, _w): the item-neighbour lists
     has_ts: bool
     t_max: object  # latest time stamp of the history (None without time stamps)
     recent_days: float
@@ -56,9 +55,8 @@ class FactorIndex:
 SHIFT = np.int64(1) << 36  # > any epoch second here; event keys = item code * SHIFT + time
 
 
-def history_stats(history: pa.Table, items: pa.Table, item_neighbours: pa.Table,
-                  user_factors: pa.Table, item_factors: pa.Table, *, recent_days: float = 30.0
-                  ) -> HistoryStats:
+def history_stats(history: pa.Table, items: pa.Table, user_factors: pa.Table,
+                  item_factors: pa.Table, *, recent_days: float = 30.0) -> HistoryStats:
     """Everything item-level the features need from a history, so shards never rescan it."""
     hist = _df(history.select([USER_ID, ITEM_ID, WEIGHT, TS]))
     has_ts = hist[TS].null_count() < hist.height
@@ -76,8 +74,6 @@ def history_stats(history: pa.Table, items: pa.Table, item_neighbours: pa.Table,
                 "item_days_since_last"),
         ] if has_ts else [pl.len().cast(pl.Float64).alias("item_pop_recent")]),
     ).with_columns((pl.col("item_pop") / n_users).alias("item_pop_share"))
-    inb = _df(item_neighbours.select([ITEM_ID, NEIGHBOUR_ID, WEIGHT])).rename(
-        {ITEM_ID: "_src", NEIGHBOUR_ID: ITEM_ID, WEIGHT: "_w"})
     codes = pl.concat([hist[ITEM_ID], _df(items.select([ITEM_ID]))[ITEM_ID]]).unique().sort()
     item_code = pl.DataFrame({ITEM_ID: codes, "_code": np.arange(len(codes), dtype=np.int64)})
     keys = np.zeros(0, np.int64)
@@ -86,7 +82,7 @@ def history_stats(history: pa.Table, items: pa.Table, item_neighbours: pa.Table,
                                                                                on=ITEM_ID)
         keys = np.sort(ev["_code"].to_numpy() * SHIFT + ev["_t"].to_numpy())
     return HistoryStats(
-        item_stats, _df(items.select([ITEM_ID, AUTHOR_ID])), inb, has_ts, t_max, recent_days,
+        item_stats, _df(items.select([ITEM_ID, AUTHOR_ID])), has_ts, t_max, recent_days,
         item_code, keys, FactorIndex.of(user_factors, USER_ID),
         FactorIndex.of(item_factors, ITEM_ID))
 
@@ -102,9 +98,8 @@ def candidate_features(candidates: pa.Table, user_history: pa.Table, stats: Hist
     mean weight (mean rating where ratings exist); days since the item's first and last
     interaction; user activity, mean weight and days since the user's last interaction; the
     user's affinity to the item's author (share of the user's history by that author) and
-    whether the author is unknown; the ALS dot product for every candidate; item-neighbourhood
-    support (how many of the user's items have the candidate among their Pearson neighbours,
-    and the sum of those weights).
+    whether the author is unknown; the ALS dot product for every candidate. The candidates
+    table brings the item-neighbourhood support (`inb_support`, `inb_sum`).
     """
     cand = _df(candidates)
     hist = _df(user_history.select([USER_ID, ITEM_ID, WEIGHT, TS])).join(
@@ -131,17 +126,6 @@ def candidate_features(candidates: pa.Table, user_history: pa.Table, stats: Hist
         )
         .drop(["_author_n", AUTHOR_ID])
     )
-    # Item-neighbourhood support: join the user's items with their neighbour lists.
-    support = (
-        hist.select([USER_ID, pl.col(ITEM_ID).alias("_src")])
-        .join(stats.item_neighbours, on="_src", how="inner")
-        .join(cand.select([USER_ID, ITEM_ID]), on=[USER_ID, ITEM_ID], how="semi")
-        .group_by([USER_ID, ITEM_ID])
-        .agg(pl.len().cast(pl.Float64).alias("inb_support"), pl.col("_w").sum().alias("inb_sum"))
-    )
-    feats = feats.join(support, on=[USER_ID, ITEM_ID], how="left", maintain_order="left"
-                       ).with_columns(pl.col("inb_support").fill_null(0.0),
-                                      pl.col("inb_sum").fill_null(0.0))
     feats = feats.with_columns(pl.Series("als_dot", als_dot(feats, stats.user_factors,
                                                             stats.item_factors)))
     if stats.has_ts:

@@ -79,7 +79,8 @@ def _submit_all(p: Plan, run: RunFolder, cfg: RunConfig, evaluate_only: bool
 def publish_artifacts(result: RunResult) -> None:
     """Stage table, evaluation, ingest report and where the run is, for the Prefect UI."""
     tables = sorted({t for r in result.reports for t in r.rows})
-    rows = [{"stage": r.stage, "seconds": r.seconds, "cached": r.cached,
+    rows = [{"stage": r.stage, "seconds": r.seconds, "peak_rss_mb": r.peak_rss_mb,
+             "cached": r.cached,
              **{t: r.rows.get(t, "") for t in tables}} for r in result.reports]
     create_table_artifact(key="nightly-stages", table=rows,
                           description=f"Stages of run {result.run_id}")

@@ -12,7 +12,18 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.columns import AUTHOR_ID, ITEM_ID, N_SOURCES, NEIGHBOUR_ID, TS, USER_ID, WEIGHT
+from features import neighbourhood
+from features.columns import (
+    AUTHOR_ID,
+    INB_SUM,
+    INB_SUPPORT,
+    ITEM_ID,
+    N_SOURCES,
+    NEIGHBOUR_ID,
+    TS,
+    USER_ID,
+    WEIGHT,
+)
 from features.errors import DataWarning
 from features.matrix import InteractionMatrix, build_matrix
 from features.vocab import IdVocab
@@ -208,21 +219,6 @@ def _user_pearson(users: slice, ctx: Context) -> tuple[np.ndarray, ...]:
     return rows[keep], cols[keep], counts[keep] / size[rows[keep]]
 
 
-def _item_pearson(users: slice, ctx: Context) -> tuple[np.ndarray, ...]:
-    """p_j = max over the user's items i0 of w_{i0 j}."""
-    hist = ctx.m.weights[users]
-    owner = np.repeat(np.arange(hist.shape[0], dtype=np.int64), np.diff(hist.indptr))
-    expanded = ctx.item_nbrs[hist.indices]  # rows = the user's items i0, cols = neighbours j
-    rows = np.repeat(owner, np.diff(expanded.indptr))
-    cols = expanded.indices.astype(np.int64)
-    w = expanded.data.astype(np.float64)
-    keys = rows * ctx.m.weights.shape[1] + cols
-    order = np.lexsort((-w, keys))
-    first = np.r_[True, np.diff(keys[order]) != 0] if len(keys) else np.zeros(0, bool)
-    pick = order[first]
-    return rows[pick], cols[pick], w[pick]
-
-
 def _author(users: slice, ctx: Context) -> tuple[np.ndarray, ...]:
     """Items by the user's authors, scored by that author's share of the history."""
     rows, cols, s = _coo((ctx.affinity[users] @ ctx.item_author.T).tocsr())
@@ -238,9 +234,6 @@ def _sparse_source(name: str, users: slice, ctx: Context, n: int, budget: int
     if name == "user_pearson":
         cost = ctx.user_nbrs[users] @ hist_len
         fn = _user_pearson
-    elif name == "item_pearson":
-        cost = ctx.binary[users] @ np.diff(ctx.item_nbrs.indptr).astype(np.float64)
-        fn = _item_pearson
     else:
         author_size = np.asarray(ctx.item_author.sum(axis=0)).ravel()
         a = ctx.affinity[users].copy()
@@ -342,12 +335,17 @@ def generate_shard(ctx: Context, users: slice, config: CandidatesConfig) -> pa.T
         elif name == "ease":
             per_source[name] = _ease(users, ctx, n, config.block_elements) if (
                 ctx.ease is not None) else []
+        elif name == "item_pearson":
+            # p_j = max over the user's items i0 of w_{i0 j}, top-n in one compiled pass.
+            per_source[name] = [Proposals(*neighbourhood.top_max(
+                ctx.binary[users], ctx.item_nbrs, ctx.position, n))]
         else:
             per_source[name] = _sparse_source(name, users, ctx, n, config.block_elements)
     keys = [p.rows * n_items + p.cols for ps in per_source.values() for p in ps]
     if not keys or not sum(len(k) for k in keys):
         return CANDIDATES_SCHEMA.empty_table()
-    uniq = np.unique(np.concatenate(keys))  # sorted by (user, item index)
+    uniq = np.sort(np.concatenate(keys))  # sorted by (user, item index), then deduplicated
+    uniq = uniq[np.r_[True, uniq[1:] != uniq[:-1]]]
     n_rows = len(uniq)
     columns: dict[str, pa.Array] = {
         USER_ID: ctx.m.users.take(uniq // n_items + users.start),
@@ -365,6 +363,11 @@ def generate_shard(ctx: Context, users: slice, config: CandidatesConfig) -> pa.T
         columns[f"{name}_score"] = pa.array(score, mask=~hit)
         columns[f"{name}_rank"] = pa.array(rank, mask=~hit)
     columns[N_SOURCES] = pa.array(n_src)
+    # How many of the user's items have the candidate among their neighbours, and the sum of
+    # those weights (ranker features; cheapest here, where the matrices are at hand).
+    count, total = neighbourhood.support(ctx.binary[users], ctx.item_nbrs, uniq // n_items,
+                                         uniq % n_items)
+    columns[INB_SUPPORT], columns[INB_SUM] = pa.array(count), pa.array(total)
     return pa.table(columns).cast(CANDIDATES_SCHEMA)
 
 
@@ -388,5 +391,7 @@ CANDIDATES_SCHEMA = pa.schema(
     [pa.field(USER_ID, pa.string(), nullable=False), pa.field(ITEM_ID, pa.string(), nullable=False)]
     + [f for name in SOURCES for f in (pa.field(f"{name}_score", pa.float64()),
                                        pa.field(f"{name}_rank", pa.int32()))]
-    + [pa.field(N_SOURCES, pa.int8(), nullable=False)]
+    + [pa.field(N_SOURCES, pa.int8(), nullable=False),
+       pa.field(INB_SUPPORT, pa.float64(), nullable=False),
+       pa.field(INB_SUM, pa.float64(), nullable=False)]
 )

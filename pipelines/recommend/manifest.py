@@ -82,6 +82,7 @@ def manifest_for(run: RunFolder, p: Plan, cfg: RunConfig, reports: list[StageRep
         "ingest": ingest_info.get("report", {}),
         "rows": {k: v for r in reports for k, v in r.rows.items() if k in tables},
         "seconds": {r.stage: r.seconds for r in reports},
+        "peak_rss_mb": {r.stage: r.peak_rss_mb for r in reports},
         "cached": sorted(r.stage for r in reports if r.cached),
         "scored_by": (info.get("score") or {}).get("scored_by"),
         "evaluation": info.get("evaluate") or {"status": "disabled"},

@@ -82,9 +82,10 @@ def write_report(folder: Path, manifest: dict[str, Any], n: int) -> tuple[Path, 
     else:
         md += [f"Offline evaluation: {manifest.get('evaluation', {}).get('status')} "
                f"{manifest.get('evaluation', {}).get('reason', '')}"]
-    md += ["", "| stage | seconds | cached |", "|---|---|---|"]
+    md += ["", "| stage | seconds | peak RSS MB | cached |", "|---|---|---|---|"]
     cached = set(manifest.get("cached", []))
-    md += [f"| {k} | {v:.2f} | {'yes' if k in cached else ''} |"
+    rss = manifest.get("peak_rss_mb", {})
+    md += [f"| {k} | {v:.2f} | {rss.get(k, 0):.0f} | {'yes' if k in cached else ''} |"
            for k, v in manifest["seconds"].items()]
     markdown = "\n".join(md) + "\n"
     figs = figures(folder, n)

@@ -6,6 +6,8 @@ import functools
 import hashlib
 import json
 import logging
+import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "user_neighbours": ("models/neighbours.py", "pipelines/neighbours.py"),
     "item_neighbours": ("models/neighbours.py", "pipelines/neighbours.py"),
     "als": ("models/als.py", "pipelines/embeddings.py"),
-    "candidates": ("pipelines/candidates.py", "models/ease.py"),
+    "candidates": ("pipelines/candidates.py", "features/neighbourhood.py", "models/ease.py"),
     "train_rows": ("features/ranking.py", "pipelines/ranking.py"),
     "ranker": ("models/ranker.py", "pipelines/ranking.py", "features/ranking.py"),
     "score": ("features/ranking.py", "pipelines/ranking.py", "models/ranker.py",
@@ -99,6 +101,9 @@ class StageReport:
     seconds: float
     cached: bool = False
     info: dict[str, Any] | None = None
+    peak_rss_mb: float = 0.0
+    """The process's peak resident memory when the stage ended (a stage that raises it is the
+    one that set the run's peak; tasks on other processes report their own)."""
 
 
 def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine | None = None
@@ -110,7 +115,7 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
     if cfg.output.cache and (hit := stage_cache.restore(entry, folder)) is not None:
         log.info("stage %s: unchanged inputs, reused cache %s", stage.name, key[:12])
         return StageReport(stage.name, hit["rows"], round(time.perf_counter() - start, 3),
-                           cached=True, info=hit["info"])
+                           cached=True, info=hit["info"], peak_rss_mb=peak_rss_mb())
     log.info("stage %s: started on %s", stage.name, input_sizes(folder, stage) or "no tables")
     io = StageIO(folder, engine or LocalEngine())
     info = stage.fn(io, cfg)
@@ -121,7 +126,14 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
     if cfg.output.cache:
         stage_cache.store(entry, folder, io.files, io.rows, info)
     log.info("stage %s: %s in %.2f s", stage.name, io.rows, seconds)
-    return StageReport(stage.name, io.rows, round(seconds, 3), info=info)
+    return StageReport(stage.name, io.rows, round(seconds, 3), info=info,
+                       peak_rss_mb=peak_rss_mb())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def input_sizes(folder: Path, stage: Stage) -> dict[str, int]:

@@ -174,8 +174,8 @@ def _candidates(io: StageIO, cfg: RunConfig, h: History) -> None:
 
 def _stats(io: StageIO, cfg: RunConfig, h: History) -> HistoryStats:
     return history_stats(
-        io.read(h.table("history")), io.read("items"), io.read(h.table("item_neighbours")),
-        io.read(h.table("user_factors")), io.read(h.table("item_factors")),
+        io.read(h.table("history")), io.read("items"), io.read(h.table("user_factors")),
+        io.read(h.table("item_factors")),
         recent_days=cfg.candidates.popular_window_days)
 
 
@@ -447,7 +447,7 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
                   (h.table("candidates"),), partial(_candidates, h=h),
                   ("candidates", "ease")),
         ]
-    source_tables = ("history", "item_neighbours", "user_factors", "item_factors")
+    source_tables = ("history", "user_factors", "item_factors")
     for h in dict.fromkeys(serving_cuts + eval_cuts):
         stages.append(Stage(
             _at("train_rows", h), "train_rows",

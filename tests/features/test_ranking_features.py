@@ -9,7 +9,6 @@ import pyarrow as pa
 
 from features.ranking import history_stats, popularity_at_user_time
 from pipelines.embeddings import factors_schema
-from pipelines.neighbours import neighbours_schema
 
 
 def test_popularity_at_user_time_matches_direct_count() -> None:
@@ -21,8 +20,7 @@ def test_popularity_at_user_time_matches_direct_count() -> None:
     pairs = pl.DataFrame({"user_id": ["a", "b", "c", "a"], "item_id": ["z", "y", "z", "w"]})
     table = hist.with_columns(pl.lit(1.0).alias("weight")).to_arrow()
     items = pa.table({"item_id": ["w", "x", "y", "z"], "author_id": ["a"] * 4})
-    stats = history_stats(table, items, neighbours_schema("item_id").empty_table(),
-                          factors_schema("user_id", 1).empty_table(),
+    stats = history_stats(table, items, factors_schema("user_id", 1).empty_table(),
                           factors_schema("item_id", 1).empty_table(), recent_days=30)
     out = popularity_at_user_time(pairs, hist, stats)
     # user a's last day 5: z has none by then; b's last day 39: y has 1 (day 5), 0 in 30 days

@@ -40,7 +40,7 @@ def test_sparse_sources_equal_the_dense_oracle(inputs: dict[str, pa.Table],
                                                sizes: dict[str, int]) -> None:
     cfg = CandidatesConfig(**sizes)
     got = generate(*_args(inputs), cfg, shard_users=7)
-    got = got.drop_columns(["ease_score", "ease_rank"])
+    got = got.drop_columns(["ease_score", "ease_rank", "inb_support", "inb_sum"])
     want = dense_generate(*_args(inputs), cfg).cast(got.schema)
     assert got.equals(want)
 
@@ -65,6 +65,25 @@ def test_als_top_n_equals_a_float64_numpy_oracle(inputs: dict[str, pa.Table]) ->
         want = [i for _, _, i in sorted(scored)[:6]]
         mine = got.filter(pc.equal(got["user_id"], u)).sort_by("als_rank")
         assert mine["item_id"].to_pylist() == want
+
+
+def test_item_neighbourhood_support_equals_a_python_oracle(inputs: dict[str, pa.Table]
+                                                          ) -> None:
+    got = generate(*_args(inputs), CandidatesConfig(), shard_users=5)
+    t, inb = inputs["interactions"], inputs["item_neighbours"]
+    history: dict[str, set[str]] = {}
+    for u, i in zip(t["user_id"].to_pylist(), t["item_id"].to_pylist(), strict=True):
+        history.setdefault(u, set()).add(i)
+    lists: dict[str, list[tuple[str, float]]] = {}
+    for r in inb.to_pylist():
+        lists.setdefault(r["item_id"], []).append((r["neighbour_id"], r["weight"]))
+    reached = 0
+    for r in got.to_pylist():
+        ws = [w for i in history[r["user_id"]] for j, w in lists.get(i, []) if j == r["item_id"]]
+        assert r["inb_support"] == len(ws)
+        assert r["inb_sum"] == pytest.approx(sum(ws), abs=1e-12)
+        reached += bool(ws)
+    assert reached > 0  # the fixture exercises the support, not only zeros
 
 
 def test_output_does_not_depend_on_shard_or_block_size(inputs: dict[str, pa.Table]) -> None:

@@ -35,6 +35,9 @@ def test_tiny_run_publishes_every_table(tiny_config: RunConfig) -> None:
         *(f"train_rows@h{k}" for k in (1, 2, 3)), "ranker", "score", "diversify",
         "ranker@eval", "evaluate"}
     assert manifest["scored_by"] == "lightgbm"
+    # Peak memory per stage: at least what the imports take.
+    assert set(manifest["peak_rss_mb"]) == set(manifest["seconds"])
+    assert all(mb > 50 for mb in manifest["peak_rss_mb"].values())
     assert not (res.path / "work").exists()
     evaluation = pq.read_table(res.path / "evaluation.parquet").to_pylist()
     assert [r["model"] for r in evaluation] == [
