@@ -88,8 +88,8 @@ class DaskEngine:
 
         Rows are cut into one partition per worker at query boundaries, so no query is split.
         LightGBM's Dask interface has no early stopping, so every round is trained and the
-        best iteration is the one with the highest validation NDCG (what early stopping
-        would keep, unless a later peak exists).
+        validation curve is replayed through the same rule (`early_stopping_iteration`): the
+        model keeps the iteration the in-process fit would have stopped at.
         """
         import dask.array as da
         import numpy as np
@@ -111,8 +111,22 @@ class DaskEngine:
         local = model.to_local()
         curves = getattr(model, "evals_result_", None) or getattr(local, "evals_result_", {})
         scores = [v for curve in curves.values() for v in curve.values()][:1]
-        best = (int(np.argmax(scores[0])) + 1 if scores and len(scores[0])
-                else ranker.config.epochs)
+        best = (early_stopping_iteration(scores[0], ranker.config.early_stopping)
+                if scores and len(scores[0]) else ranker.config.epochs)
         log.info("distributed ranker: %d rows in %d partitions, best iteration %d",
                  len(yt), n_parts, best)
         return ranker.set_booster(local.booster_, best)
+
+
+def early_stopping_iteration(curve: Sequence[float], patience: int) -> int:
+    """The 1-based iteration LightGBM's early stopping keeps for a higher-is-better curve.
+
+    Stops once `patience` rounds pass without a strict improvement, and keeps the first best.
+    """
+    best, best_at = float("-inf"), 0
+    for i, score in enumerate(curve):
+        if score > best:
+            best, best_at = score, i
+        elif i - best_at >= patience:
+            break
+    return best_at + 1

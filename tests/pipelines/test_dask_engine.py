@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.nightly import RunConfig, run_nightly
-from pipelines.recommend.dask_engine import DaskEngine, local_client
+from pipelines.recommend.dask_engine import DaskEngine, early_stopping_iteration, local_client
 from pipelines.store import latest_run
 from tests.conftest import published, tiny_config_dict, write_tiny_dataset
 
@@ -119,3 +119,30 @@ def test_distributed_lightgbm_ranker_stays_close_to_the_local_one(client: Any,
           f"{ev_b['lightgbm']:.4f}")
     assert overlap > 0.2
     assert ev_b["lightgbm"] >= 0.9 * ev_a["lightgbm"]
+
+
+def test_replayed_early_stopping_keeps_lightgbms_iteration() -> None:
+    import lightgbm as lgb
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    x = rng.random((3000, 5))
+    y = (x[:, 0] + 0.5 * rng.random(3000) > 1.0).astype(float)
+    xv = rng.random((1000, 5))
+    yv = (xv[:, 0] + 0.5 * rng.random(1000) > 1.0).astype(float)
+    params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [5], "num_leaves": 4,
+              "learning_rate": 0.3, "verbose": -1, "num_threads": 1, "seed": 0,
+              "deterministic": True}
+
+    def fit(rounds: int, callbacks: list[Any]) -> tuple[Any, list[float]]:
+        curve: dict[str, Any] = {}
+        booster = lgb.train(params, lgb.Dataset(x, y, group=[30] * 100), rounds,
+                            valid_sets=[lgb.Dataset(xv, yv, group=[20] * 50)],
+                            callbacks=[*callbacks, lgb.record_evaluation(curve)])
+        return booster, curve["valid_0"]["ndcg@5"]
+
+    for patience in (3, 10):
+        stopped, _ = fit(300, [lgb.early_stopping(patience, verbose=False)])
+        _, full = fit(300, [])
+        assert stopped.best_iteration < 300  # it did stop early
+        assert early_stopping_iteration(full, patience) == stopped.best_iteration
