@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from features import neighbourhood
+from features import neighbourhood, topn
 from features.columns import (
     AUTHOR_ID,
     INB_SUM,
@@ -186,16 +186,7 @@ def _cost_blocks(cost: np.ndarray, budget: int) -> Iterator[slice]:
 def _top_n(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n: int, ctx: Context
            ) -> Proposals:
     """Keep each row's n best finite entries: score desc, then popularity desc, then id asc."""
-    ok = np.isfinite(scores)
-    rows, cols, scores = rows[ok], cols[ok], scores[ok]
-    order = np.lexsort((ctx.position[cols], -scores, rows))
-    rows, cols, scores = rows[order], cols[order], scores[order]
-    if not len(rows):
-        return Proposals(rows, cols, scores, np.zeros(0, np.int32))
-    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
-    rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)])) + 1
-    keep = rank <= n
-    return Proposals(rows[keep], cols[keep], scores[keep], rank[keep].astype(np.int32))
+    return Proposals(*topn.top_n(rows, cols, scores, ctx.position, n))
 
 
 def _unseen(rows: np.ndarray, cols: np.ndarray, seen: np.ndarray, n_items: int) -> np.ndarray:
