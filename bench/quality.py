@@ -175,7 +175,7 @@ def ranker_scored(train: pa.Table, items: pa.Table, cfg: RunConfig
         try:
             if not frames:
                 raise rk.TooLittleData("no user has enough interactions for a target")
-            model = rk.fit_on(pl.concat(frames, how="diagonal_relaxed"), cfg.ranker)
+            model = rk.fit_on(frames, cfg.ranker)
         except rk.TooLittleData as exc:
             print(f"  ranker skipped ({exc}); fusion orders the candidates")
         else:

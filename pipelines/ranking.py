@@ -110,14 +110,19 @@ def sample_rows(frame: pl.DataFrame, sampling: SamplingConfig, seed: int) -> pl.
     return frame.filter(keep).drop(["_best", "_draw", "_hard"])
 
 
-def fit_on(frame: pl.DataFrame, ranking: RankingConfig, engine: object = None
+def fit_on(frames: list[pl.DataFrame], ranking: RankingConfig, engine: object = None
            ) -> LambdaRanker:
     """Train the LightGBM ranker on labelled rows (one query per cut-off and user).
 
-    On an engine that can (Dask) and with at least `distributed_min_rows` rows, LightGBM
-    trains distributed; smaller tables train on one worker, which is faster.
+    `frames` hold the training rows with their `cutoff` column; the list is consumed (emptied)
+    so that the rows exist once as polars columns and once as the float32 training matrix,
+    not as several copies at once. On an engine that can (Dask) and with at least
+    `distributed_min_rows` rows, LightGBM trains distributed; smaller tables train on one
+    worker, which is faster.
     """
     start = time.perf_counter()
+    frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    frames.clear()
     positives = frame.filter(pl.col("label") == 1)[USER_ID].n_unique() if frame.height else 0
     if positives < 2:
         raise TooLittleData(f"only {positives} users have a held-out interaction among their "
@@ -128,10 +133,10 @@ def fit_on(frame: pl.DataFrame, ranking: RankingConfig, engine: object = None
         frame = frame.filter(pl.col(USER_ID).is_in(keep.implode()))
     frame = frame.sort([CUTOFF, USER_ID, ITEM_ID])
     cols = feature_columns(frame.drop(["label", CUTOFF]))
-    x = frame.select(cols).to_numpy().astype(np.float32)
+    x = frame.select(pl.col(cols).cast(pl.Float32)).to_numpy(order="c")  # (rows, features)
     y = frame["label"].to_numpy().astype(np.float32)
-    groups = pl.struct([CUTOFF, USER_ID]).rank("dense").alias("_g")
-    g = frame.select(groups)["_g"].to_numpy()
+    g = frame.select(pl.struct([CUTOFF, USER_ID]).rank("dense").alias("_g"))["_g"].to_numpy()
+    del frame
     fit_remote = getattr(engine, "fit_ranker", None)
     if fit_remote is not None and len(y) >= ranking.distributed_min_rows:
         ranker = fit_remote(LambdaRanker(ranking.model), x, y, g, cols)
@@ -147,7 +152,7 @@ def score(ranker: LambdaRanker, features: pl.DataFrame, candidates: pa.Table) ->
     missing = [f for f in ranker.features if f not in features.columns]
     if missing:
         raise ValueError(f"features {missing} that the ranker was trained on are missing")
-    x = features.select(ranker.features).to_numpy().astype(np.float32)
+    x = features.select(pl.col(ranker.features).cast(pl.Float32)).to_numpy(order="c")
     scores = ranker.predict(x)
     names = source_names(candidates)
     srcs = features.select(

@@ -210,12 +210,11 @@ def _ranker(io: StageIO, cfg: RunConfig, cutoffs: tuple[History, ...], out: str)
             assert isinstance(df, pl.DataFrame)
             if df.height:
                 frames.append(df.with_columns(pl.lit(n, pl.Int8).alias(rk.CUTOFF)))
-    frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     try:
         if not frames:
             raise rk.TooLittleData("no user has enough interactions to hold out a training "
                                    "target")
-        model: dict[str, Any] = rk.fit_on(frame, cfg.ranker, io.engine).to_dict()
+        model: dict[str, Any] = rk.fit_on(frames, cfg.ranker, io.engine).to_dict()
     except rk.TooLittleData as exc:
         model = {"fallback": "fusion", "reason": str(exc)}
     io.write_file(out, json.dumps(model, sort_keys=True).encode())
