@@ -184,10 +184,30 @@ def features(candidates: pa.Table, history: pa.Table, stats: HistoryStats) -> pl
     return candidate_features(candidates, history, stats).sort([USER_ID, ITEM_ID])
 
 
+def by_shard(table: pa.Table, parts: list[Path]) -> list[pa.Table]:
+    """The rows of `table` for each candidates part's users, in one pass over both.
+
+    Shards then touch only their own users' rows: a shard that filtered the whole table
+    would make the stage's work grow with shards x history.
+    """
+    owners = pl.concat([pl.read_parquet(p, columns=[USER_ID]).unique()
+                        .with_columns(pl.lit(i, pl.Int32).alias("_shard"))
+                        for i, p in enumerate(parts)]) if parts else None
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    if owners is None:
+        return []
+    groups = df.join(owners, on=USER_ID, how="inner").partition_by(
+        "_shard", as_dict=True, include_key=False, maintain_order=True)
+    empty = df.clear()
+    return [groups.get((i,), empty).to_arrow() for i in range(len(parts))]
+
+
 def _train_rows_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
-    parts, history, target, stats, sampling, seed = shared
+    parts, histories, targets, stats, sampling, seed = shared
     part = pq.read_table(parts[i])
-    frame = rk.label(features(part, history, stats), target)
+    target = targets[i]
+    frame = rk.label(features(part, histories[i], stats), target)
     users = pl.Series(target[USER_ID].unique().to_pylist(), dtype=pl.String)
     frame = rk.sample_rows(frame.filter(pl.col(USER_ID).is_in(users.implode())), sampling, seed)
     return write_part(frame.to_arrow(), path)
@@ -195,8 +215,9 @@ def _train_rows_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
 
 def _train_rows(io: StageIO, cfg: RunConfig, h: History) -> None:
     parts = io.parts(h.table("candidates"))
-    shared = (parts, io.read(h.table("history")), io.read(h.table("target")),
-              _stats(io, cfg, h), cfg.ranker.sampling, cfg.ranker.model.seed)
+    shared = (parts, by_shard(io.read(h.table("history")), parts),
+              by_shard(io.read(h.table("target")), parts), _stats(io, cfg, h),
+              cfg.ranker.sampling, cfg.ranker.model.seed)
     paths = io.shard_paths(h.table("train_rows"), len(parts))
     io.record_parts(h.table("train_rows"), paths,
                     io.engine.map_shards(_train_rows_shard, shared, paths))
@@ -229,11 +250,11 @@ def load_ranker(folder: Path, name: str) -> tuple[LambdaRanker | None, str]:
 
 
 def _score_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
-    parts, history, stats, model, fusion = shared
+    parts, histories, stats, model, fusion = shared
     part = pq.read_table(parts[i])
     if model is None:
         return write_part(div.fuse(part, fusion), path)
-    return write_part(rk.score(model, features(part, history, stats), part), path)
+    return write_part(rk.score(model, features(part, histories[i], stats), part), path)
 
 
 def _score(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None) -> dict[str, Any]:
@@ -244,7 +265,8 @@ def _score(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None) -> 
                       stacklevel=2)
     parts = io.parts(h.table("candidates"))
     stats = _stats(io, cfg, h) if model is not None else None
-    shared = (parts, io.read(h.table("history")), stats, model, cfg.fusion)
+    histories = by_shard(io.read(h.table("history")), parts) if model is not None else None
+    shared = (parts, histories, stats, model, cfg.fusion)
     paths = io.shard_paths(h.table("scored"), len(parts))
     io.record_parts(h.table("scored"), paths, io.engine.map_shards(_score_shard, shared, paths))
     info = {"scored_by": "lightgbm" if model is not None else "fusion", "reason": reason}
@@ -289,7 +311,7 @@ LIST_SCHEMA = pa.schema([pa.field(USER_ID, pa.string()), pa.field(ITEM_ID, pa.st
 
 def _evaluate_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
     """Every approach's top-k lists for one shard of the evaluation's users."""
-    parts, history, stats, model, fusion, diversify_cfg, items = shared
+    parts, histories, stats, model, fusion, diversify_cfg, items = shared
     part = pq.read_table(parts[i])
     lists = []
 
@@ -304,7 +326,7 @@ def _evaluate_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
     add("fusion", top_k_from_scores(fused, EVAL_K))
     scored, name = fused, "fusion"
     if model is not None:
-        scored, name = rk.score(model, features(part, history, stats), part), "lightgbm"
+        scored, name = rk.score(model, features(part, histories[i], stats), part), "lightgbm"
         add(name, top_k_from_scores(scored, EVAL_K))
     diverse = div.diversify(scored, items, div.DiversifyConfig(
         **{**diversify_cfg.model_dump(), "n": max(EVAL_K, diversify_cfg.n)}))
@@ -329,7 +351,8 @@ def _evaluate(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None
         io.folder, ranker_file)
     parts = io.parts(h.table("candidates"))
     stats = _stats(io, cfg, h) if model is not None else None
-    shared = (parts, train, stats, model, cfg.fusion, cfg.diversify, items)
+    histories = by_shard(train, parts) if model is not None else None
+    shared = (parts, histories, stats, model, cfg.fusion, cfg.diversify, items)
     paths = io.shard_paths(h.table("eval_lists"), len(parts))
     rows = io.engine.map_shards(_evaluate_shard, shared, paths)
     io.record_parts(h.table("eval_lists"), paths, rows)
