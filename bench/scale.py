@@ -184,7 +184,8 @@ def child(name: str, work: Path, engine: str, workers: int) -> dict[str, Any]:
         res.path / "evaluation.parquet").to_pylist()}
     return {"set": name, "engine": engine, "workers": workers, "wall_s": wall,
             "interactions": interactions.num_rows, "peak_rss_mb_flow": rss_flow,
-            "stages": res.manifest["seconds"], "reference": ref,
+            "stages": res.manifest["seconds"], "stage_rss_mb": res.manifest["peak_rss_mb"],
+            "reference": ref,
             "ndcg": {k: ev.get(k) for k in ("lightgbm", "lightgbm+diversity", "als")}}
 
 
@@ -226,6 +227,12 @@ def main() -> None:
             print(f"  ratio flow / (ALS + LightGBM own table) = {r['wall_s'] / base:.2f}x; "
                   f"flow / (ALS + LightGBM 500k random) = {r['wall_s'] / spec:.2f}x")
             print("  slowest stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in top))
+            rss, last, rises = r.get("stage_rss_mb", {}), 0.0, []
+            for stage in r["stages"]:  # plan order: the stages that raised the peak
+                if rss.get(stage, 0.0) > last + 50:
+                    rises.append(f"{stage} {rss[stage]:.0f} MB")
+                last = max(last, rss.get(stage, 0.0))
+            print("  peak RSS set by: " + ", ".join(rises))
             print(f"  NDCG@10: {r['ndcg']}")
     synth = sorted((r for r in results if r["set"] in SYNTHETIC and r["workers"] == 1),
                    key=lambda r: r["interactions"])

@@ -65,7 +65,7 @@ class ShardConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    users: int = Field(5_000, ge=1)
+    users: int = Field(1_000, ge=1)
     """Users per shard: peak memory grows with this (times candidates per user), not with the
     number of users. The output does not depend on it."""
 
