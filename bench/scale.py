@@ -19,6 +19,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,7 @@ def child(name: str, work: Path, engine: str, workers: int) -> dict[str, Any]:
     from pipelines.recommend.runner import run_nightly
 
     root = work / f"out-{name}-{engine}-{workers}"
+    shutil.rmtree(root, ignore_errors=True)  # a fresh run: no stage may come from the cache
     raw: dict[str, Any] = {"output": {"root": str(root), "cache": True}}
     if src := source_for(name, work):
         raw["source"] = src
