@@ -105,12 +105,15 @@ def pearson_blocks(ratings: sp.csr_matrix, config: PearsonConfig) -> Neighbours:
     else:
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
+        chunksize = numba.set_parallel_chunksize(1)  # dynamic: one row set at a time
         try:
             _seed_floors(prep, threads, best)
             _scan_parallel(threads, *prep.args, *best)
+            numba.set_parallel_chunksize(chunksize)
             out = _collect_parallel(threads, prep.n_rows, prep.k, *best)
         finally:
             numba.set_num_threads(previous)
+            numba.set_parallel_chunksize(chunksize)
     return Neighbours(*out)
 
 
@@ -771,6 +774,10 @@ def _probe_rows(t: int, threads: int, probe: int, indptr: np.ndarray, indices: n
             seed[u] = np.partition(found[:count], count - k)[count - k] - _PROBE_MARGIN
 
 
+# Row sets per thread in the parallel scans.
+_CHUNKS = 16
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _probe_parallel(threads: int, probe: int, indptr: np.ndarray, indices: np.ndarray,
                     values: np.ndarray, colptr: np.ndarray, colrow: np.ndarray,
@@ -778,9 +785,10 @@ def _probe_parallel(threads: int, probe: int, indptr: np.ndarray, indices: np.nd
                     dense_y: np.ndarray, row_stat: np.ndarray, mode: int, k: int,
                     min_support: int, threshold: float, shrinkage: float, seed: np.ndarray
                     ) -> None:
-    """`_probe_rows` on `threads` interleaved row sets at once."""
-    for t in prange(threads):
-        _probe_rows(t, threads, probe, indptr, indices, values, colptr, colrow, colval,
+    """`_probe_rows` on `threads * _CHUNKS` interleaved row sets, taken as threads free up."""
+    chunks = threads * _CHUNKS
+    for t in prange(chunks):
+        _probe_rows(t, chunks, probe, indptr, indices, values, colptr, colrow, colval,
                     dense_slot, dense_b, dense_y, row_stat, mode, k, min_support, threshold,
                     shrinkage, seed)
 
@@ -812,11 +820,18 @@ def _scan_parallel(threads: int, indptr: np.ndarray, indices: np.ndarray, values
                    dense_y: np.ndarray, row_stat: np.ndarray, mode: int, k: int,
                    min_support: int, threshold: float, shrinkage: float, buf: np.ndarray,
                    size: np.ndarray, floor_w: np.ndarray, floor_v: np.ndarray) -> None:
-    """`_scan` on `threads` interleaved row sets at once (interleaving balances v > u)."""
-    for t in prange(threads):
-        _scan(t, threads, t, indptr, indices, values, colptr, colrow, colval, colpos,
-              dense_slot, dense_b, dense_y, row_stat, mode, k, min_support, threshold,
-              shrinkage, buf, size, floor_w, floor_v)
+    """`_scan` on `threads * _CHUNKS` interleaved row sets, taken as threads free up.
+
+    Interleaving balances the rows' costs (v > u: early rows cost more); the many chunks,
+    handed out one at a time (`pearson_blocks` sets the chunk size to 1), keep both threads
+    busy when one core is slower or shared. Each chunk offers to the buffer set of the
+    thread running it: which set holds a candidate does not change the merged top k.
+    """
+    chunks = threads * _CHUNKS
+    for t in prange(chunks):
+        _scan(t, chunks, numba.get_thread_id(), indptr, indices, values, colptr, colrow,
+              colval, colpos, dense_slot, dense_b, dense_y, row_stat, mode, k, min_support,
+              threshold, shrinkage, buf, size, floor_w, floor_v)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
