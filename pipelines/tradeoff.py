@@ -60,6 +60,28 @@ def tradeoff_curve(
     return pa.Table.from_pylist(rows, schema=TRADEOFF_SCHEMA)
 
 
+def curve_from_lists(lists: dict[int | None, pa.Table], test: pa.Table, items: pa.Table,
+                     n_items: int, penalty: float) -> pa.Table:
+    """The trade-off table of ready-made top-n lists per cap (None = uncapped, the baseline).
+
+    For callers that already re-ranked (the nightly evaluation), so nothing is recomputed.
+    """
+    uncapped = evaluate_lists(lists[None], test, items, n_items)
+    ref = uncapped.ndcg_at_10
+    rows: list[dict[str, object]] = []
+    for cap, recs in sorted(lists.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        m = uncapped if cap is None else evaluate_lists(recs, test, items, n_items)
+        rows.append({
+            "max_per_author": cap, "author_penalty": 0.0 if cap is None else penalty,
+            "ndcg_at_10": m.ndcg_at_10, "recall_at_20": m.recall_at_20,
+            "ndcg_change": m.ndcg_at_10 / ref - 1.0 if ref > 0 else 0.0,
+            "distinct_authors_at_10": m.distinct_authors_at_10,
+            "max_per_author_at_10": m.max_per_author_at_10,
+            "worst_max_per_author_at_10": m.worst_max_per_author_at_10, "users": m.users,
+        })
+    return pa.Table.from_pylist(rows, schema=TRADEOFF_SCHEMA)
+
+
 def _metrics(scored: pa.Table, test: pa.Table, items: pa.Table, n_items: int,
              config: DiversifyConfig) -> Metrics:
     lists = diversify(scored, items, config).select([USER_ID, ITEM_ID, RANK])

@@ -58,6 +58,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
               "pipelines/diversify.py"),
     "diversify": ("pipelines/diversify.py",),
     "evaluate": ("pipelines/evaluate.py", "pipelines/offline.py", "pipelines/diversify.py",
+                 "pipelines/tradeoff.py",
                  "pipelines/ranking.py", "features/ranking.py", "models/ranker.py"),
 }
 

@@ -26,7 +26,7 @@ from models.neighbours import Prepared, merge_parts, pearson_blocks, prepare, sc
 from models.ranker import LambdaRanker
 from pipelines import candidates as cand
 from pipelines import diversify as div
-from pipelines import embeddings, ingest, neighbours, offline
+from pipelines import embeddings, ingest, neighbours, offline, tradeoff
 from pipelines import ranking as rk
 from pipelines.evaluate import (
     SplitConfig,
@@ -328,10 +328,20 @@ def _evaluate_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
     if model is not None:
         scored, name = rk.score(model, features(part, histories[i], stats), part), "lightgbm"
         add(name, top_k_from_scores(scored, EVAL_K))
+    n = max(EVAL_K, diversify_cfg.n)
     diverse = div.diversify(scored, items, div.DiversifyConfig(
-        **{**diversify_cfg.model_dump(), "n": max(EVAL_K, diversify_cfg.n)}))
+        **{**diversify_cfg.model_dump(), "n": n}))
     add(f"{name}+diversity", diverse)
+    # The trade-off curve's other caps (the configured cap and uncapped are the lists above).
+    for cap in tradeoff.DEFAULT_CAPS:
+        if cap is not None and cap != diversify_cfg.max_per_author:
+            add(f"{TRADEOFF}{cap}", div.diversify(scored, items, div.DiversifyConfig(
+                **{**diversify_cfg.model_dump(), "n": n, "max_per_author": cap})))
     return write_part(pa.concat_tables(lists), path)
+
+
+TRADEOFF = "cap="
+"""Model-name prefix of the evaluation lists re-ranked under another author cap."""
 
 
 def _evaluate(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None
@@ -379,9 +389,25 @@ def _evaluate(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None
     importance = model.importance() if model is not None else {}
     split = offline.SplitSummary(train.num_rows, test.num_rows,
                                  train.column("ts").null_count < train.num_rows)
+
+    def named(model_name: str) -> pa.Table:
+        return lists.filter(pl.col("model") == model_name).drop("model").to_arrow()
+
+    by_cap: dict[int | None, pa.Table] = {None: named(ranker_name if model is not None
+                                                       else "fusion"),
+                                          cfg.diversify.max_per_author:
+                                          named(f"{ranker_name}+diversity")}
+    by_cap |= {c: named(f"{TRADEOFF}{c}") for c in tradeoff.DEFAULT_CAPS
+               if c is not None and c not in by_cap}
+    curve = tradeoff.curve_from_lists(by_cap, test, items, n_items,
+                                      cfg.diversify.author_penalty)
     io.write("evaluation", table)
-    io.write_file("evaluation.md", offline.report_markdown(table, split, importance).encode())
-    return {"status": "done", "ranker": ranker_name, **({"reason": reason} if reason else {})}
+    io.write_file("evaluation.md", (offline.report_markdown(table, split, importance) + "\n"
+                                    + tradeoff.tradeoff_markdown(
+                                        curve, f"Diversity trade-off ({ranker_name} lists, "
+                                        "caps on items per author)")).encode())
+    return {"status": "done", "ranker": ranker_name, "tradeoff": curve.to_pylist(),
+            **({"reason": reason} if reason else {})}
 
 
 @dataclass(frozen=True)

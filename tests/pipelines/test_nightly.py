@@ -45,6 +45,16 @@ def test_tiny_run_publishes_every_table(tiny_config: RunConfig) -> None:
         "lightgbm+diversity"]
     assert all(0 <= r["ndcg_at_10"] <= 1 for r in evaluation)
     assert (res.path / "evaluation.md").read_text().startswith("# Offline evaluation")
+    assert "Diversity trade-off" in (res.path / "evaluation.md").read_text()
+    # The trade-off curve reuses the evaluation's lists: uncapped = the ranker's, the
+    # configured cap (2) = ranker + diversity; caps 1 and 3 are re-ranked for it.
+    curve = {r["max_per_author"]: r for r in manifest["evaluation"]["tradeoff"]}
+    assert list(curve) == [1, 2, 3, None]
+    ndcg = {r["model"]: r["ndcg_at_10"] for r in evaluation}
+    assert curve[None]["ndcg_at_10"] == ndcg["lightgbm"]
+    assert curve[2]["ndcg_at_10"] == ndcg["lightgbm+diversity"]
+    # Cap 1 takes one item per author before any backfill: never fewer authors than uncapped.
+    assert curve[1]["distinct_authors_at_10"] >= curve[None]["distinct_authors_at_10"]
     assert (res.path / "ranker.json").is_file()
     recs = pq.read_table(res.path / "recommendations.parquet").to_pylist()
     by_user: dict[str, list[dict[str, object]]] = {}
