@@ -99,7 +99,9 @@ def combine_parts(folder: Path, name: str) -> None:
     tmp = target.with_name(f".{target.name}.combine.tmp")
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for part in parts:
-            writer.write_table(pq.read_table(part).cast(schema))
+            table = pq.read_table(part).cast(schema)
+            # One row group per part, whatever its size: readers rely on no user spanning two.
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
     footer = pq.read_metadata(tmp)
     expected = sum(pq.read_metadata(pt).num_rows for pt in parts)
     if footer.num_rows != expected:
@@ -119,7 +121,7 @@ def add_run_id(path: Path, run_id: str) -> None:
         for g in range(source.metadata.num_row_groups):
             part = source.read_row_group(g)
             writer.write_table(part.append_column(
-                schema.field(RUN_ID), pa.array([run_id] * part.num_rows, pa.string())))
+                schema.field(RUN_ID), pa.repeat(pa.scalar(run_id, pa.string()), part.num_rows)))
     tmp.replace(path)
 
 

@@ -28,6 +28,22 @@ def _per_list_author_max(lists: pl.DataFrame, authors: pl.DataFrame) -> pl.Serie
             .group_by(USER_ID).agg(pl.col("len").max())["len"])
 
 
+def top_by_score(path: Path, n: int) -> pl.DataFrame:
+    """(user_id, item_id) of each user's n best-scored items, one row group at a time.
+
+    A row group of the published `scored` table is one user shard, so no user spans two and
+    memory stays at one shard, not the whole table.
+    """
+    source = pq.ParquetFile(path)
+    out = [pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String})]
+    for g in range(source.metadata.num_row_groups):
+        part = pl.from_arrow(source.read_row_group(g, columns=[USER_ID, ITEM_ID, SCORE]))
+        assert isinstance(part, pl.DataFrame)
+        out.append(part.sort([USER_ID, SCORE, ITEM_ID], descending=[False, True, False])
+                   .group_by(USER_ID, maintain_order=True).head(n).select(USER_ID, ITEM_ID))
+    return pl.concat(out)
+
+
 def figures(folder: Path, n: int) -> dict[str, str]:
     """Base64 PNGs: list score distribution and items-per-author before/after diversity."""
     import matplotlib
@@ -36,11 +52,8 @@ def figures(folder: Path, n: int) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     recs = pl.read_parquet(table_path(folder, "recommendations"))
-    scored = pl.scan_parquet(table_path(folder, "scored"))
     authors = pl.read_parquet(table_path(folder, "items"), columns=[ITEM_ID, AUTHOR_ID])
-    before = (scored.sort([USER_ID, SCORE], descending=[False, True])
-              .group_by(USER_ID, maintain_order=True).head(n).select(USER_ID, ITEM_ID)
-              .collect())
+    before = top_by_score(table_path(folder, "scored"), n)
     out: dict[str, str] = {}
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.hist(recs[SCORE].to_numpy(), bins=50, color="#4c72b0")
