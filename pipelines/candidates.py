@@ -246,18 +246,23 @@ def _als(users: slice, ctx: Context, n: int, budget: int) -> list[Proposals]:
     """Top-n by <p_u, q_i> over unseen items, dense only within a block of users."""
     n_items = ctx.m.weights.shape[1]
     step = max(1, budget // max(n_items, 1))
+    q_max = float(np.linalg.norm(ctx.item_factors.astype(np.float64), axis=1).max(initial=0.0))
     out = []
     for start in range(users.start, users.stop, step):
         sub = slice(start, min(start + step, users.stop))
-        scores = np.array(ctx.user_factors[sub] @ ctx.item_factors.T, dtype=np.float64)
+        scores = ctx.user_factors[sub] @ ctx.item_factors.T  # (b, n_items) float32, BLAS
         seen = ctx.binary[sub]
         scores[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
         k = min(n, n_items)
-        # BLAS sums in a block-shape-dependent order, so select everything within a small
-        # slack of each row's n-th value, then rescore exactly (float64, fixed order per pair)
-        # so that the scores and the cut do not depend on how users are grouped.
+        # BLAS sums in a block-shape-dependent order, so select everything within the float32
+        # error bound of each row's n-th value, then rescore exactly (float64, fixed order per
+        # pair) so that the scores and the cut do not depend on how users are grouped. A dot
+        # product of f terms is off by at most ~f * 2^-24 * |p_u| |q_i| (3.8e-6 |p_u| |q_i|
+        # for f = 64); the slack is twice that, for the n-th value and the candidate's.
         kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
-        slack = np.where(np.isfinite(kth), 1e-4 * (np.abs(kth) + 1.0), 0.0)
+        bound = 2.0 * ctx.user_factors.shape[1] * 2.0**-24 * q_max * np.linalg.norm(
+            ctx.user_factors[sub].astype(np.float64), axis=1, keepdims=True)
+        slack = np.where(np.isfinite(kth), bound + 1e-30, 0.0).astype(np.float32)
         rows, cols = np.nonzero((scores >= kth - slack) & np.isfinite(scores))
         exact = np.einsum("ij,ij->i", ctx.user_factors[sub][rows].astype(np.float64),
                           ctx.item_factors[cols].astype(np.float64))
