@@ -76,7 +76,9 @@ class DaskEngine:
         """One task per shard, in order."""
         if not paths:
             return []
-        data = self.client.scatter({"shared": shared}, broadcast=True)["shared"]
+        # A fresh key per stage: a fixed key could still name the previous stage's data on a
+        # worker while its release is in flight, and the shard would get the wrong inputs.
+        [data] = self.client.scatter([shared], broadcast=True, hash=False)
         futures = self.client.map(fn, [data] * len(paths), list(range(len(paths))),
                                   list(paths), pure=False)
         rows = [int(r) for r in self.client.gather(futures)]
@@ -97,22 +99,29 @@ class DaskEngine:
 
         params, (xt, yt, gt), (xv, yv, gv) = ranker.prepare(x, y, groups, features)
         n_parts = max(1, min(len(self.client.scheduler_info()["workers"]), len(gt)))
-        cut = np.array_split(np.arange(len(gt)), n_parts)  # queries per partition
-        row_chunks = tuple(int(gt[c].sum()) for c in cut)
-        dx = da.from_array(xt, chunks=(row_chunks, xt.shape[1]))
-        dy = da.from_array(yt, chunks=(row_chunks,))
-        dg = da.from_array(gt, chunks=(tuple(len(c) for c in cut),))
+
+        def by_query(x_: Any, y_: Any, g_: Any, parts: int) -> tuple[Any, Any, Any]:
+            cut = np.array_split(np.arange(len(g_)), parts)  # queries per partition
+            rows = tuple(int(g_[c].sum()) for c in cut)
+            return (da.from_array(x_, chunks=(rows, x_.shape[1])),
+                    da.from_array(y_, chunks=(rows,)),
+                    da.from_array(g_, chunks=(tuple(len(c) for c in cut),)))
+
+        dx, dy, dg = by_query(xt, yt, gt, n_parts)
+        # Every worker gets a share of the validation queries: the model comes back from one
+        # worker, and one without validation data would return no curve to stop on.
+        vx, vy, vg = by_query(xv, yv, gv, max(1, min(n_parts, len(gv))))
         params = {k: v for k, v in params.items() if k not in ("metric", "verbose")}
         model = DaskLGBMRanker(client=self.client, n_estimators=ranker.config.epochs,
                                verbose=-1, **params)
-        model.fit(dx, dy, group=dg, eval_set=[(da.from_array(xv), da.from_array(yv))],
-                  eval_group=[da.from_array(gv)], eval_at=[ranker.config.eval_at],
-                  eval_metric="ndcg")
+        model.fit(dx, dy, group=dg, eval_set=[(vx, vy)], eval_group=[vg],
+                  eval_at=[ranker.config.eval_at], eval_metric="ndcg")
         local = model.to_local()
         curves = getattr(model, "evals_result_", None) or getattr(local, "evals_result_", {})
         scores = [v for curve in curves.values() for v in curve.values()][:1]
-        best = (early_stopping_iteration(scores[0], ranker.config.early_stopping)
-                if scores and len(scores[0]) else ranker.config.epochs)
+        if not scores or not len(scores[0]):
+            raise RuntimeError("the distributed ranker returned no validation curve to stop on")
+        best = early_stopping_iteration(scores[0], ranker.config.early_stopping)
         log.info("distributed ranker: %d rows in %d partitions, best iteration %d",
                  len(yt), n_parts, best)
         return ranker.set_booster(local.booster_, best)
