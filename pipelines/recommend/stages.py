@@ -366,12 +366,12 @@ def _evaluate(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None
     paths = io.shard_paths(h.table("eval_lists"), len(parts))
     rows = io.engine.map_shards(_evaluate_shard, shared, paths)
     io.record_parts(h.table("eval_lists"), paths, rows)
-    lists = pl.from_arrow(io.read(h.table("eval_lists")))
-    assert isinstance(lists, pl.DataFrame)
+    # Lazily: each approach's lists are read on their own, never all approaches at once.
+    lists = pl.scan_parquet([str(p) for p in io.parts(h.table("eval_lists"))])
     users = sorted(set(test.column(USER_ID).to_pylist()))
     n_items = len(set(train.column(ITEM_ID).to_pylist()))
     ranker_name = "lightgbm" if model is not None else "fusion"
-    present = set(lists["model"].unique().to_list())
+    present = set(lists.select(pl.col("model").unique()).collect()["model"].to_list())
     order = ["popularity", *(s for s in EVAL_SOURCES if s in present or s != "ease"),
              "fusion"]
     order += (["lightgbm"] if model is not None else []) + [f"{ranker_name}+diversity"]
@@ -380,7 +380,7 @@ def _evaluate(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None
         if name == "popularity":
             recs = popularity_lists(train, users, EVAL_K)
         else:
-            recs = lists.filter(pl.col("model") == name).drop("model").to_arrow()
+            recs = lists.filter(pl.col("model") == name).drop("model").collect().to_arrow()
         m = evaluate_lists(recs, test, items, n_items)
         table_rows.append(m.as_row(name))
         log.info("evaluate %s: ndcg@10 %.4f recall@20 %.4f", name, m.ndcg_at_10,
@@ -391,7 +391,7 @@ def _evaluate(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None
                                  train.column("ts").null_count < train.num_rows)
 
     def named(model_name: str) -> pa.Table:
-        return lists.filter(pl.col("model") == model_name).drop("model").to_arrow()
+        return lists.filter(pl.col("model") == model_name).drop("model").collect().to_arrow()
 
     by_cap: dict[int | None, pa.Table] = {None: named(ranker_name if model is not None
                                                        else "fusion"),
