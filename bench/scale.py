@@ -38,19 +38,31 @@ DEFAULT_SETS = "embedded,ml1m-2999,books-shaped,synthetic-1m"
 
 
 def synthetic(path: Path, n: int, n_users: int, n_items: int, seed: int = 0) -> None:
-    """Power-law interactions: Zipf-like user activity and item popularity, ratings 1-5."""
+    """Exactly n distinct power-law (user, item) pairs, ratings 1-5, three years of time stamps.
+
+    Activity and popularity follow rank^-0.7 and rank^-0.9 over random id orders (bounded
+    laws: an unbounded Zipf clipped to the catalogue piles its tail on one id and leaves a
+    fraction of n distinct pairs). Draws repeat until n distinct pairs exist.
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
-    u = np.minimum(rng.zipf(1.6, size=n * 2) - 1, n_users - 1)
-    i = np.minimum(rng.zipf(1.3, size=n * 2) - 1, n_items - 1)
-    # Spread the heavy heads over random ids so ids do not sort by popularity.
-    u = rng.permutation(n_users)[u]
-    i = rng.permutation(n_items)[i]
-    pairs = np.unique(u.astype(np.int64) * n_items + i)[:n]
-    rng.shuffle(pairs)
+
+    def law(size: int, a: float) -> np.ndarray:
+        p = 1.0 / np.arange(1, size + 1) ** a
+        return p / p.sum()
+
+    pu, pi = law(n_users, 0.7), law(n_items, 0.9)
+    users, items = rng.permutation(n_users), rng.permutation(n_items)
+    keys = np.zeros(0, np.int64)
+    while len(keys) < n:
+        m = 2 * (n - len(keys)) + 1000
+        new = (users[rng.choice(n_users, m, p=pu)].astype(np.int64) * n_items
+               + items[rng.choice(n_items, m, p=pi)])
+        keys = np.unique(np.concatenate([keys, new]))
+    pairs = rng.permutation(keys)[:n]
     ts = 1_500_000_000 + rng.integers(0, 3 * 365 * 86400, size=len(pairs))
     pq.write_table(pa.table({
         "user": pairs // n_items, "item": pairs % n_items,
@@ -93,7 +105,7 @@ def source_for(name: str, work: Path) -> dict[str, Any]:
     if name == "ml1m-full":
         return {"path": str(SHARED / "ml-1m" / "ratings_user_movie_only.csv.gz"),
                 "user": "UserID", "item": "MovieID", "items": []}
-    path = work / f"{name}.parquet"
+    path = work / f"{name}-v2.parquet"  # v2: exactly n distinct pairs
     if name == "books-shaped":
         if not path.exists():
             books_shaped(path)
