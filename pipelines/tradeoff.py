@@ -48,15 +48,7 @@ def tradeoff_curve(
             m = uncapped if cap is None else _metrics(scored, test, items, n_items,
                                                       DiversifyConfig(n=n, max_per_author=cap,
                                                                       author_penalty=penalty))
-            ref = uncapped.ndcg_at_10
-            rows.append({
-                "max_per_author": cap, "author_penalty": penalty,
-                "ndcg_at_10": m.ndcg_at_10, "recall_at_20": m.recall_at_20,
-                "ndcg_change": m.ndcg_at_10 / ref - 1.0 if ref > 0 else 0.0,
-                "distinct_authors_at_10": m.distinct_authors_at_10,
-                "max_per_author_at_10": m.max_per_author_at_10,
-                "worst_max_per_author_at_10": m.worst_max_per_author_at_10, "users": m.users,
-            })
+            rows.append(_row(cap, penalty, m, uncapped.ndcg_at_10))
     return pa.Table.from_pylist(rows, schema=TRADEOFF_SCHEMA)
 
 
@@ -71,15 +63,20 @@ def curve_from_lists(lists: dict[int | None, pa.Table], test: pa.Table, items: p
     rows: list[dict[str, object]] = []
     for cap, recs in sorted(lists.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
         m = uncapped if cap is None else evaluate_lists(recs, test, items, n_items)
-        rows.append({
-            "max_per_author": cap, "author_penalty": 0.0 if cap is None else penalty,
-            "ndcg_at_10": m.ndcg_at_10, "recall_at_20": m.recall_at_20,
-            "ndcg_change": m.ndcg_at_10 / ref - 1.0 if ref > 0 else 0.0,
-            "distinct_authors_at_10": m.distinct_authors_at_10,
-            "max_per_author_at_10": m.max_per_author_at_10,
-            "worst_max_per_author_at_10": m.worst_max_per_author_at_10, "users": m.users,
-        })
+        rows.append(_row(cap, 0.0 if cap is None else penalty, m, ref))
     return pa.Table.from_pylist(rows, schema=TRADEOFF_SCHEMA)
+
+
+def _row(cap: int | None, penalty: float, m: Metrics, ref: float) -> dict[str, object]:
+    """One trade-off row; `ref` is the uncapped NDCG@10 the change is relative to."""
+    return {
+        "max_per_author": cap, "author_penalty": penalty,
+        "ndcg_at_10": m.ndcg_at_10, "recall_at_20": m.recall_at_20,
+        "ndcg_change": m.ndcg_at_10 / ref - 1.0 if ref > 0 else 0.0,
+        "distinct_authors_at_10": m.distinct_authors_at_10,
+        "max_per_author_at_10": m.max_per_author_at_10,
+        "worst_max_per_author_at_10": m.worst_max_per_author_at_10, "users": m.users,
+    }
 
 
 def _metrics(scored: pa.Table, test: pa.Table, items: pa.Table, n_items: int,
