@@ -94,3 +94,31 @@ def test_top_k_ties_go_to_lower_item_id() -> None:
                        "score": [1.0, 1.0, 0.5]})
     out = top_k_from_scores(scored, 2)
     assert out["item_id"].to_pylist() == ["9", "10"]
+
+
+def test_popularity_lists_equal_a_brute_force_oracle_with_heavy_users() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from pipelines.evaluate import popularity_lists
+
+    rng = np.random.default_rng(5)
+    items = [f"i{j:03d}" for j in range(300)]
+    pop = rng.zipf(1.5, 300).astype(float)
+    rows = [(f"u{u}", items[j]) for u in range(40)
+            for j in rng.choice(300, size=int(rng.integers(1, 20)), replace=False,
+                                p=pop / pop.sum())]
+    rows += [("heavy", items[j]) for j in range(250)]  # has seen most of the popular head
+    train = pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows]})
+    users = sorted({r[0] for r in rows}) + ["new-user"]
+    counts: dict[str, int] = {}
+    for _, i in rows:
+        counts[i] = counts.get(i, 0) + 1
+    order = sorted(counts, key=lambda i: (-counts[i], i))
+    got = popularity_lists(train, users, 10).to_pylist()
+    for u in users:
+        seen = {i for v, i in rows if v == u}
+        want = [i for i in order if i not in seen][:10]
+        mine = [r["item_id"] for r in sorted((r for r in got if r["user_id"] == u),
+                                             key=lambda r: r["rank"])]
+        assert mine == want, u
