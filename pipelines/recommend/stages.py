@@ -190,13 +190,13 @@ def by_shard(table: pa.Table, parts: list[Path]) -> list[pa.Table]:
     Shards then touch only their own users' rows: a shard that filtered the whole table
     would make the stage's work grow with shards x history.
     """
+    if not parts:
+        return []
     owners = pl.concat([pl.read_parquet(p, columns=[USER_ID]).unique()
                         .with_columns(pl.lit(i, pl.Int32).alias("_shard"))
-                        for i, p in enumerate(parts)]) if parts else None
+                        for i, p in enumerate(parts)])
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
-    if owners is None:
-        return []
     groups = df.join(owners, on=USER_ID, how="inner").partition_by(
         "_shard", as_dict=True, include_key=False, maintain_order=True)
     empty = df.clear()
