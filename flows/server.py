@@ -189,11 +189,17 @@ class TemporaryServer:
                 self.log_path.unlink()
 
 
-def _stop_on_sigterm(server: TemporaryServer) -> Callable[[int, FrameType | None], None]:
-    """A SIGTERM handler: signal the server at once, then unwind (`finally` blocks run)."""
+def _stop_on_sigterm(server: TemporaryServer,
+                     received: list[int]) -> Callable[[int, FrameType | None], None]:
+    """A SIGTERM handler: signal the server at once, then unwind (`finally` blocks run).
+
+    The signal number goes into `received`: the SystemExit can surface inside a library that
+    wraps it (pydantic turns it into a serialization error), and the caller still exits cleanly.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough
+        received.append(signum)
         proc = server.process
         if proc is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -233,8 +239,9 @@ def prefect_api() -> Iterator[str]:
     server = TemporaryServer()
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
+    received: list[int] = []
     if main and previous in (signal.SIG_DFL, None):  # SIGTERM -> SystemExit: `finally` runs
-        signal.signal(signal.SIGTERM, _stop_on_sigterm(server))
+        signal.signal(signal.SIGTERM, _stop_on_sigterm(server, received))
     try:
         server.start()
         os.environ["PREFECT_API_URL"] = server.api_url  # for anything that reads the env
@@ -246,6 +253,10 @@ def prefect_api() -> Iterator[str]:
                 _drain_prefect_clients()
         log.info("flow runs are kept in the Prefect database under PREFECT_HOME; "
                  "`prefect server start` shows them in the UI")
+    except BaseException:
+        if received:  # whatever the stop surfaced as, it is a stop: exit 128 + signal, quietly
+            raise SystemExit(128 + received[0]) from None
+        raise
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

@@ -288,6 +288,33 @@ def test_temporary_server_dies_with_recsys(temp_server_env: dict[str, str], tmp_
         assert "Traceback" not in rest, rest
 
 
+STOP_INSIDE_A_LIBRARY = """
+import os, signal
+from flows.server import prefect_api
+with prefect_api() as url:
+    print(url, flush=True)
+    try:  # a library that wraps whatever it catches, as pydantic's serializer does
+        os.kill(os.getpid(), signal.SIGTERM)
+    except SystemExit as exc:
+        raise RuntimeError("Error calling function: SystemExit") from exc
+"""
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_sigterm_wrapped_by_a_library_still_exits_cleanly(temp_server_env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """SIGTERM surfacing as another exception is still a stop: exit 143, no traceback."""
+    done = subprocess.run([sys.executable, "-c", STOP_INSIDE_A_LIBRARY], cwd=Path.cwd(),
+                          env=temp_server_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr
+    url = done.stdout.strip()
+    assert url.startswith("http://127.0.0.1:"), done.stdout
+    with pytest.raises(urllib.error.URLError):  # the temporary server went with the process
+        urllib.request.urlopen(url + "/health", timeout=5)
+
+
 @pytest.mark.slow
 def test_server_start_failure_says_how_to_proceed(temp_server_env: dict[str, str],
                                                   tmp_path: Path) -> None:
