@@ -157,10 +157,17 @@ def factors_array(table: pa.Table, key: str, vocab: IdVocab) -> np.ndarray:
     return out
 
 
-def user_shards(n_users: int, shard_users: int) -> list[slice]:
-    """Consecutive dense-index ranges of at most `shard_users` users (at least one shard)."""
+def user_shards(n_users: int, shard_users: int, only: np.ndarray | None = None
+                ) -> list[np.ndarray]:
+    """Ascending dense user indices in shards of at most `shard_users` (at least one shard).
+
+    `only` keeps a subset (the users a time cut-off has training or evaluation targets for):
+    a user's candidates do not depend on which other users are generated with it.
+    """
+    idx = np.arange(n_users, dtype=np.int64) if only is None else np.unique(
+        np.asarray(only, dtype=np.int64))
     step = max(1, shard_users)
-    return [slice(s, min(s + step, n_users)) for s in range(0, max(n_users, 1), step)]
+    return [idx[s : s + step] for s in range(0, max(len(idx), 1), step)]
 
 
 @dataclass(frozen=True)
@@ -201,7 +208,7 @@ def _coo(mat: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows, mat.indices.astype(np.int64), mat.data.astype(np.float64)
 
 
-def _user_pearson(users: slice, ctx: Context) -> tuple[np.ndarray, ...]:
+def _user_pearson(users: np.ndarray, ctx: Context) -> tuple[np.ndarray, ...]:
     """p_i = |{v in U(u) : v rated i}| / |U(u)|, for the items some neighbour rated."""
     a = ctx.user_nbrs[users]
     size = np.diff(a.indptr).astype(np.float64)  # |U(u)|
@@ -210,14 +217,14 @@ def _user_pearson(users: slice, ctx: Context) -> tuple[np.ndarray, ...]:
     return rows[keep], cols[keep], counts[keep] / size[rows[keep]]
 
 
-def _author(users: slice, ctx: Context) -> tuple[np.ndarray, ...]:
+def _author(users: np.ndarray, ctx: Context) -> tuple[np.ndarray, ...]:
     """Items by the user's authors, scored by that author's share of the history."""
     rows, cols, s = _coo((ctx.affinity[users] @ ctx.item_author.T).tocsr())
     keep = s > 0
     return rows[keep], cols[keep], s[keep]
 
 
-def _sparse_source(name: str, users: slice, ctx: Context, n: int, budget: int
+def _sparse_source(name: str, users: np.ndarray, ctx: Context, n: int, budget: int
                    ) -> list[Proposals]:
     """A sparse source in blocks of users whose raw proposals fit the budget, then top-n."""
     n_items = ctx.m.weights.shape[1]
@@ -233,7 +240,7 @@ def _sparse_source(name: str, users: slice, ctx: Context, n: int, budget: int
         fn = _author
     out = []
     for blk in _cost_blocks(np.asarray(cost).ravel(), budget):
-        sub = slice(users.start + blk.start, users.start + blk.stop)
+        sub = users[blk]
         rows, cols, scores = fn(sub, ctx)
         seen_rows, seen_cols, _ = _coo(ctx.binary[sub])
         ok = _unseen(rows, cols, seen_rows * n_items + seen_cols, n_items)
@@ -242,14 +249,14 @@ def _sparse_source(name: str, users: slice, ctx: Context, n: int, budget: int
     return out
 
 
-def _als(users: slice, ctx: Context, n: int, budget: int) -> list[Proposals]:
+def _als(users: np.ndarray, ctx: Context, n: int, budget: int) -> list[Proposals]:
     """Top-n by <p_u, q_i> over unseen items, dense only within a block of users."""
     n_items = ctx.m.weights.shape[1]
     step = max(1, budget // max(n_items, 1))
     q_max = float(np.linalg.norm(ctx.item_factors.astype(np.float64), axis=1).max(initial=0.0))
     out = []
-    for start in range(users.start, users.stop, step):
-        sub = slice(start, min(start + step, users.stop))
+    for start in range(0, len(users), step):
+        sub = users[start : start + step]
         scores = ctx.user_factors[sub] @ ctx.item_factors.T  # (b, n_items) float32, BLAS
         seen = ctx.binary[sub]
         scores[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
@@ -267,11 +274,11 @@ def _als(users: slice, ctx: Context, n: int, budget: int) -> list[Proposals]:
         exact = np.einsum("ij,ij->i", ctx.user_factors[sub][rows].astype(np.float64),
                           ctx.item_factors[cols].astype(np.float64))
         p = _top_n(rows.astype(np.int64), cols.astype(np.int64), exact, n, ctx)
-        out.append(Proposals(p.rows + (start - users.start), p.cols, p.scores, p.ranks))
+        out.append(Proposals(p.rows + start, p.cols, p.scores, p.ranks))
     return out
 
 
-def _ease(users: slice, ctx: Context, n: int, budget: int) -> list[Proposals]:
+def _ease(users: np.ndarray, ctx: Context, n: int, budget: int) -> list[Proposals]:
     """Top-n by EASE scores x_u B over unseen items, dense only within a block of users.
 
     Each row's score is a sparse row times B, summed in the row's own order, so it does not
@@ -281,8 +288,8 @@ def _ease(users: slice, ctx: Context, n: int, budget: int) -> list[Proposals]:
     n_items = ctx.m.weights.shape[1]
     step = max(1, budget // max(n_items, 1))
     out = []
-    for start in range(users.start, users.stop, step):
-        sub = slice(start, min(start + step, users.stop))
+    for start in range(0, len(users), step):
+        sub = users[start : start + step]
         seen = ctx.binary[sub].astype(ctx.ease.dtype)
         scores = np.asarray(seen @ ctx.ease, dtype=np.float64)  # (b, n_items)
         scores[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
@@ -290,11 +297,11 @@ def _ease(users: slice, ctx: Context, n: int, budget: int) -> list[Proposals]:
         kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
         rows, cols = np.nonzero((scores >= kth) & np.isfinite(scores))
         p = _top_n(rows.astype(np.int64), cols.astype(np.int64), scores[rows, cols], n, ctx)
-        out.append(Proposals(p.rows + (start - users.start), p.cols, p.scores, p.ranks))
+        out.append(Proposals(p.rows + start, p.cols, p.scores, p.ranks))
     return out
 
 
-def _popular(users: slice, ctx: Context, n: int) -> list[Proposals]:
+def _popular(users: np.ndarray, ctx: Context, n: int) -> list[Proposals]:
     """The most recent-popular items each user has not seen (the same pool for everyone)."""
     seen = ctx.binary[users]
     b = seen.shape[0]
@@ -311,14 +318,15 @@ def _popular(users: slice, ctx: Context, n: int) -> list[Proposals]:
                       .astype(np.int32))]
 
 
-def generate_shard(ctx: Context, users: slice, config: CandidatesConfig) -> pa.Table:
-    """The candidates of one range of users: per (user, unseen item), each source's score/rank.
+def generate_shard(ctx: Context, users: np.ndarray, config: CandidatesConfig) -> pa.Table:
+    """The candidates of some users (ascending dense indices): each source's score and rank.
 
+    One row per (user, unseen item) that some source proposed.
     Work and memory grow with the proposals kept, not with users x catalogue: the sparse
     sources never densify, ALS is dense only within one block of users.
     """
     n_items = ctx.m.weights.shape[1]
-    b = users.stop - users.start
+    b = len(users)
     per_source: dict[str, list[Proposals]] = {}
     for name in SOURCES:
         n = getattr(config, name)
@@ -344,7 +352,7 @@ def generate_shard(ctx: Context, users: slice, config: CandidatesConfig) -> pa.T
     uniq = uniq[np.r_[True, uniq[1:] != uniq[:-1]]]
     n_rows = len(uniq)
     columns: dict[str, pa.Array] = {
-        USER_ID: ctx.m.users.take(uniq // n_items + users.start),
+        USER_ID: ctx.m.users.take(users[uniq // n_items]),
         ITEM_ID: ctx.m.items.take(uniq % n_items),
     }
     n_src = np.zeros(n_rows, dtype=np.int8)

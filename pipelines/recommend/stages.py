@@ -166,7 +166,11 @@ def _candidates(io: StageIO, cfg: RunConfig, h: History) -> None:
     ctx = cand.build_context(t["history"], io.read("items"), t["user_neighbours"],
                              t["item_neighbours"], t["user_factors"], t["item_factors"],
                              cfg.candidates, cfg.ease)
-    shards = cand.user_shards(ctx.n_users, cfg.shards.users)
+    only = None
+    if h.parent is not None:  # a cut-off: only its target's users get training rows or lists
+        only = ctx.m.users.index(io.read(h.table("target")).column(USER_ID), strict=False)
+        only = only[only >= 0]
+    shards = cand.user_shards(ctx.n_users, cfg.shards.users, only)
     paths = io.shard_paths(h.table("candidates"), len(shards))
     rows = io.engine.map_shards(_candidates_shard, (ctx, cfg.candidates, shards), paths)
     io.record_parts(h.table("candidates"), paths, rows)
@@ -491,7 +495,8 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
                   partial(_als, h=h), ("als",)),
             Stage(_at("candidates", h), "candidates",
                   (hist, "items", h.table("user_neighbours"), h.table("item_neighbours"),
-                   h.table("user_factors"), h.table("item_factors")),
+                   h.table("user_factors"), h.table("item_factors"))
+                  + ((h.table("target"),) if h.parent is not None else ()),
                   (h.table("candidates"),), partial(_candidates, h=h),
                   ("candidates", "ease")),
         ]

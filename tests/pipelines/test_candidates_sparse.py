@@ -8,7 +8,13 @@ import pyarrow.compute as pc
 import pytest
 
 from pipelines import embeddings, neighbours
-from pipelines.candidates import CandidatesConfig, generate
+from pipelines.candidates import (
+    CandidatesConfig,
+    build_context,
+    generate,
+    generate_shard,
+    user_shards,
+)
 from pipelines.ingest import ingest
 from pipelines.nightly import RunConfig
 from tests.conftest import tiny_config_dict
@@ -91,6 +97,21 @@ def test_output_does_not_depend_on_shard_or_block_size(inputs: dict[str, pa.Tabl
     for shard, block in ((1, 10), (3, 1000), (11, 4_000_000)):
         cfg = CandidatesConfig(block_elements=block)
         assert generate(*_args(inputs), cfg, shard_users=shard).equals(base)
+
+
+def test_a_subset_of_users_gets_exactly_its_rows_of_the_full_table(
+        inputs: dict[str, pa.Table]) -> None:
+    """Cut-offs generate only their target users: each user's rows must not depend on it."""
+    cfg = CandidatesConfig(block_elements=50)
+    ctx = build_context(*_args(inputs), cfg)
+    full = generate(*_args(inputs), cfg)
+    only = np.array([17, 3, 4, 29, 3])  # unsorted, repeated: shards are ascending and unique
+    parts = [generate_shard(ctx, s, cfg) for s in user_shards(ctx.n_users, 2, only)]
+    assert [len(s) for s in user_shards(ctx.n_users, 2, only)] == [2, 2]
+    ids = ctx.m.users.take(np.array([3, 4, 17, 29]))
+    assert pa.concat_tables(parts).equals(full.filter(pc.is_in(full.column("user_id"), ids)))
+    assert generate_shard(ctx, user_shards(ctx.n_users, 2, np.array([], np.int64))[0],
+                          cfg).num_rows == 0
 
 
 def test_ease_top_n_equals_a_numpy_oracle(inputs: dict[str, pa.Table]) -> None:

@@ -71,6 +71,34 @@ def test_tiny_run_publishes_every_table(tiny_config: RunConfig) -> None:
         assert all(str(r["item_id"]).startswith("0") for r in rows)  # ids kept verbatim
 
 
+def test_cut_off_candidates_cover_only_the_users_with_targets(tmp_path: Path) -> None:
+    """Users too short for a hold-out get serving candidates but no cut-off candidates."""
+    raw = tiny_config_dict(tmp_path)
+    ratings = Path(str(raw["source"]["path"]))  # type: ignore[index]
+    lines = ratings.read_text().splitlines()
+    short = {f"u{u:03d}" for u in range(6)}
+    kept, seen = [lines[0]], Counter[str]()
+    for line in lines[1:]:
+        user = line.split(",")[0]
+        seen[user] += 1
+        if user not in short or seen[user] <= 6:  # 6 < min_interactions (10): no target
+            kept.append(line)
+    ratings.write_text("\n".join(kept) + "\n")
+    res = run_nightly(RunConfig.from_dict(raw), run_id="r1")
+    serving = set(pq.read_table(res.path / "candidates.parquet").column("user_id").to_pylist())
+    assert short <= serving and len(serving) == 30
+    cache = Path(str(raw["output"]["root"])) / "cache"  # type: ignore[index]
+    for cut in ("h1", "h2", "h3"):
+        parts = sorted(cache.glob(f"candidates@{cut}/*/work/{cut}/candidates.parts/*.parquet"))
+        users = {u for p in parts for u in pq.read_table(p).column("user_id").to_pylist()}
+        assert users and not users & short, cut
+    rows = {r.stage: r.rows for r in res.reports}
+    assert sum(rows["candidates@h1"].values()) < sum(rows["candidates"].values())
+    evaluation = {r["model"]: r for r in pq.read_table(res.path / "evaluation.parquet")
+                  .to_pylist()}
+    assert evaluation["lightgbm"]["users"] == 24
+
+
 def test_same_data_config_seed_give_identical_recommendations(tmp_path: Path) -> None:
     raw = tiny_config_dict(tmp_path)
     raw["output"]["cache"] = False  # type: ignore[index]  # recompute everything both times
