@@ -8,6 +8,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from numba import njit
 
 from features.columns import AUTHOR_ID, ITEM_ID, N_SOURCES, TS, USER_ID, WEIGHT
 
@@ -162,24 +163,38 @@ def popularity_at_user_time(pairs: pl.DataFrame, hist: pl.DataFrame, stats: Hist
     }
 
 
+@njit(cache=True, nogil=True)
+def _row_dots(users: np.ndarray, urow: np.ndarray, items: np.ndarray, irow: np.ndarray
+              ) -> np.ndarray:
+    """out[r] = <users[urow[r]], items[irow[r]]>, summed in float64 in factor order."""
+    out = np.empty(len(urow), dtype=np.float64)
+    for r in range(len(urow)):
+        a, b = urow[r], irow[r]
+        s = 0.0
+        for k in range(users.shape[1]):
+            s += np.float64(users[a, k]) * np.float64(items[b, k])
+        out[r] = s
+    return out
+
+
 def als_dot(pairs: pl.DataFrame, users: FactorIndex, items: FactorIndex) -> np.ndarray:
     """<p_u, q_i> for every (user_id, item_id) row of `pairs`; NaN where a factor is missing."""
     def lookup(index: FactorIndex, ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         rows = pl.DataFrame({index.key: ids}).join(index.index, on=index.key, how="left",
                                                    maintain_order="left")["_row"]
         ok = rows.is_not_null().to_numpy()
-        return np.where(ok, rows.fill_null(0).to_numpy(), 0), ok
+        return np.where(ok, rows.fill_null(0).to_numpy(), 0).astype(np.int64), ok
 
     urow, uok = lookup(users, pairs[USER_ID])
     irow, iok = lookup(items, pairs[ITEM_ID])
     if not len(users.matrix) or not len(items.matrix):
         return np.full(pairs.height, np.nan)
-    dots = np.empty(pairs.height, dtype=np.float64)
-    step = 200_000  # bounds the (step, factors) gathers
-    for start in range(0, pairs.height, step):
-        sl = slice(start, start + step)
-        dots[sl] = np.einsum("ij,ij->i", users.matrix[urow[sl]].astype(np.float64),
-                             items.matrix[irow[sl]].astype(np.float64))
+    if users.matrix.shape[1] != items.matrix.shape[1]:
+        raise ValueError(f"user factors have {users.matrix.shape[1]} dimensions, item factors "
+                         f"{items.matrix.shape[1]}")
+    # One fused gather-and-dot per row: no (rows, factors) float64 temporaries.
+    dots = _row_dots(np.ascontiguousarray(users.matrix), urow,
+                     np.ascontiguousarray(items.matrix), irow)
     return np.where(uok & iok, dots, np.nan)
 
 

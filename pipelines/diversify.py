@@ -58,10 +58,21 @@ class DiversifyConfig(BaseModel):
     penalty of 10 changed NDCG@10 by -0.8% on ML-1M and +0.5% on MovieLens latest-small."""
 
 
-def _sources_list(candidates: pl.DataFrame, names: Sequence[str]) -> pl.Expr:
-    return pl.concat_list([
-        pl.when(pl.col(f"{s}_rank").is_not_null()).then(pl.lit(s)).otherwise(None) for s in names
-    ]).list.drop_nulls()
+def sources_column(candidates: pl.DataFrame, names: Sequence[str]) -> pa.Array:
+    """Each row's proposing sources (non-null `<name>_rank`), in `names` order.
+
+    Rows are coded as a bit set of their sources and the lists taken from the 2^len(names)
+    possible ones: building a list of strings row by row costs seconds per million rows.
+    """
+    names = list(names)
+    combos = pa.array([[s for k, s in enumerate(names) if c >> k & 1]
+                       for c in range(1 << len(names))], pa.list_(pa.string()))
+    if not names:
+        return combos.take(pa.array(np.zeros(candidates.height, np.int64)))
+    code = candidates.select(pl.sum_horizontal([
+        pl.col(f"{s}_rank").is_not_null().cast(pl.Int64) * (1 << k)
+        for k, s in enumerate(names)]).alias("_code"))["_code"].to_numpy()
+    return combos.take(pa.array(code))
 
 
 def source_names(candidates: pa.Table) -> list[str]:
@@ -80,9 +91,8 @@ def fuse(candidates: pa.Table, config: FusionConfig) -> pa.Table:
         (config.weights.get(s, 1.0) / (config.k + pl.col(f"{s}_rank"))).fill_null(0.0)
         for s in names
     ]
-    out = df.select(USER_ID, ITEM_ID, pl.sum_horizontal(terms).alias(SCORE),
-                    _sources_list(df, names).alias(SOURCES))
-    return out.to_arrow().cast(SCORED_SCHEMA)
+    out = df.select(USER_ID, ITEM_ID, pl.sum_horizontal(terms).alias(SCORE)).to_arrow()
+    return out.append_column(SOURCES, sources_column(df, names)).cast(SCORED_SCHEMA)
 
 
 def cap_authors_reference(

@@ -16,7 +16,7 @@ from models.als import AlsConfig
 from models.neighbours import PearsonConfig
 from models.ranker import LambdaRanker, RankerConfig
 from pipelines import candidates as cand
-from pipelines.diversify import SCORED_SCHEMA, source_names
+from pipelines.diversify import SCORED_SCHEMA, source_names, sources_column
 from pipelines.evaluate import SplitConfig
 
 log = logging.getLogger(__name__)
@@ -154,10 +154,8 @@ def score(ranker: LambdaRanker, features: pl.DataFrame, candidates: pa.Table) ->
         raise ValueError(f"features {missing} that the ranker was trained on are missing")
     x = features.select(pl.col(ranker.features).cast(pl.Float32)).to_numpy(order="c")
     scores = ranker.predict(x)
-    names = source_names(candidates)
-    srcs = features.select(
-        USER_ID, ITEM_ID,
-        pl.concat_list([pl.when(pl.col(f"{s}_rank").is_not_null()).then(pl.lit(s))
-                        .otherwise(None) for s in names]).list.drop_nulls().alias(SOURCES),
-    ).with_columns(pl.Series(SCORE, scores.astype(np.float64)))
-    return srcs.select(USER_ID, ITEM_ID, SCORE, SOURCES).to_arrow().cast(SCORED_SCHEMA)
+    keys = features.select(USER_ID, ITEM_ID).to_arrow()
+    return pa.table({USER_ID: keys.column(USER_ID), ITEM_ID: keys.column(ITEM_ID),
+                     SCORE: pa.array(scores.astype(np.float64)),
+                     SOURCES: sources_column(features, source_names(candidates))}
+                    ).cast(SCORED_SCHEMA)

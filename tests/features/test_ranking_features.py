@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from features.ranking import history_stats, popularity_at_user_time
+from features.ranking import FactorIndex, als_dot, history_stats, popularity_at_user_time
 from pipelines.embeddings import factors_schema
 
 
@@ -28,3 +29,22 @@ def test_popularity_at_user_time_matches_direct_count() -> None:
     assert out["item_pop_at_user_time"].to_list() == [0.0, 1.0, 1.0, 0.0]
     assert out["item_pop_recent_at_user_time"].to_list() == [0.0, 0.0, 1.0, 0.0]
     assert out["item_age_at_user_time"].to_list()[1:3] == [34.0, 21.0]
+
+
+def test_als_dot_equals_a_numpy_oracle_and_is_nan_without_factors() -> None:
+    rng = np.random.default_rng(3)
+    p, q = rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=(6, 7)).astype(np.float32)
+    users = FactorIndex.of(pa.table({"user_id": [f"u{i}" for i in range(5)],
+                                     "factors": pa.array(list(p), pa.list_(pa.float32()))}),
+                           "user_id")
+    items = FactorIndex.of(pa.table({"item_id": [f"i{j}" for j in range(6)],
+                                     "factors": pa.array(list(q), pa.list_(pa.float32()))}),
+                           "item_id")
+    u = rng.integers(0, 5, size=200)
+    i = rng.integers(0, 6, size=200)
+    pairs = pl.DataFrame({"user_id": [f"u{x}" for x in u] + ["nobody", "u1"],
+                          "item_id": [f"i{x}" for x in i] + ["i0", "gone"]})
+    got = als_dot(pairs, users, items)
+    want = np.einsum("ij,ij->i", p[u].astype(np.float64), q[i].astype(np.float64))
+    np.testing.assert_allclose(got[:200], want, rtol=1e-12, atol=1e-12)
+    assert np.isnan(got[200:]).all()

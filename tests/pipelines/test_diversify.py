@@ -16,6 +16,7 @@ from pipelines.diversify import (
     cap_authors_reference,
     diversify,
     fuse,
+    sources_column,
 )
 
 
@@ -155,3 +156,17 @@ def test_fusion_is_reciprocal_rank_sum() -> None:
     assert abs(out[0]["score"] - (1 / 61 + 1 / 62)) < 1e-12
     assert abs(out[1]["score"] - 1 / 61) < 1e-12
     assert out[0]["sources"] == ["als", "popular"] and out[1]["sources"] == ["popular"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=4, max_size=4), max_size=30))
+def test_sources_column_lists_each_rows_sources_in_order(present: list[list[bool]]) -> None:
+    import polars as pl
+
+    names = ["user_pearson", "als", "popular", "author"]
+    frame = pl.DataFrame({f"{s}_rank": [1 if row[k] else None for row in present]
+                          for k, s in enumerate(names)},
+                         schema={f"{s}_rank": pl.Int32 for s in names})
+    got = sources_column(frame, names).to_pylist()
+    assert got == [[s for k, s in enumerate(names) if row[k]] for row in present]
+    assert sources_column(frame, []).to_pylist() == [[] for _ in present]
