@@ -91,15 +91,23 @@ def manifest_for(run: RunFolder, p: Plan, cfg: RunConfig, reports: list[StageRep
     }
 
 
-def combine_parts(folder: Path, name: str) -> None:
-    """Stream a sharded table's parts into one Parquet file (one row group per part)."""
+def combine_parts(folder: Path, name: str, run_id: str | None = None) -> None:
+    """Stream a sharded table's parts into one Parquet file (one row group per part).
+
+    With `run_id` the constant column is added on the way, in the same single pass.
+    """
     parts = sorted(parts_dir(folder, name).glob("part-*.parquet"))
     schema = pq.read_schema(parts[0])
+    out_schema = schema if run_id is None else schema.append(
+        pa.field(RUN_ID, pa.string(), nullable=False))
     target = table_path(folder, name)
     tmp = target.with_name(f".{target.name}.combine.tmp")
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, out_schema, compression="zstd") as writer:
         for part in parts:
             table = pq.read_table(part).cast(schema)
+            if run_id is not None:
+                table = table.append_column(out_schema.field(RUN_ID), pa.repeat(
+                    pa.scalar(run_id, pa.string()), table.num_rows))
             # One row group per part, whatever its size: readers rely on no user spanning two.
             writer.write_table(table, row_group_size=max(table.num_rows, 1))
     footer = pq.read_metadata(tmp)
@@ -135,10 +143,10 @@ def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any]) -> None:
     folder = run.staging
     for name in published_tables(p):
         if parts_dir(folder, name).is_dir():
-            combine_parts(folder, name)
+            combine_parts(folder, name, run.run_id)
+        else:
+            add_run_id(table_path(folder, name), run.run_id)
     shutil.rmtree(folder / WORK, ignore_errors=True)
-    for name in published_tables(p):
-        add_run_id(table_path(folder, name), run.run_id)
     for name in published_tables(p):
         path = table_path(folder, name)
         try:
