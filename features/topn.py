@@ -48,6 +48,41 @@ def _top_n(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, position: np.
     return out_rows, out_cols, out_scores, out_ranks
 
 
+@njit(cache=True, nogil=True)
+def near_top(scores: np.ndarray, kth: np.ndarray, slack: np.ndarray, users: np.ndarray,
+              items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entries of each score row within `slack` of its k-th value, rescored exactly.
+
+    scores (b, n_items) float32 with seen items at -inf; kth, slack (b,); users (b, f) and
+    items (n_items, f) the factors. The exact score is the float64 dot product summed in
+    factor order, the same for a pair whatever block it is computed in.
+    """
+    b, n_items = scores.shape
+    count = 0
+    for r in range(b):
+        cut = kth[r] - slack[r]
+        for j in range(n_items):
+            s = scores[r, j]
+            if s >= cut and np.isfinite(s):
+                count += 1
+    rows = np.empty(count, np.int64)
+    cols = np.empty(count, np.int64)
+    exact = np.empty(count, np.float64)
+    o = 0
+    f = users.shape[1]
+    for r in range(b):
+        cut = kth[r] - slack[r]
+        for j in range(n_items):
+            s = scores[r, j]
+            if s >= cut and np.isfinite(s):
+                acc = 0.0
+                for t in range(f):
+                    acc += np.float64(users[r, t]) * np.float64(items[j, t])
+                rows[o], cols[o], exact[o] = r, j, acc
+                o += 1
+    return rows, cols, exact
+
+
 def top_n(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, position: np.ndarray, n: int
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each row's n best finite entries as (rows, cols, scores, ranks 1..n), sorted by row, rank.

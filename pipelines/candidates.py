@@ -270,10 +270,9 @@ def _als(users: np.ndarray, ctx: Context, n: int, budget: int) -> list[Proposals
         bound = 2.0 * ctx.user_factors.shape[1] * 2.0**-24 * q_max * np.linalg.norm(
             ctx.user_factors[sub].astype(np.float64), axis=1, keepdims=True)
         slack = np.where(np.isfinite(kth), bound + 1e-30, 0.0).astype(np.float32)
-        rows, cols = np.nonzero((scores >= kth - slack) & np.isfinite(scores))
-        exact = np.einsum("ij,ij->i", ctx.user_factors[sub][rows].astype(np.float64),
-                          ctx.item_factors[cols].astype(np.float64))
-        p = _top_n(rows.astype(np.int64), cols.astype(np.int64), exact, n, ctx)
+        rows, cols, exact = topn.near_top(scores, kth[:, 0], slack[:, 0],
+                                          ctx.user_factors[sub], ctx.item_factors)
+        p = _top_n(rows, cols, exact, n, ctx)
         out.append(Proposals(p.rows + start, p.cols, p.scores, p.ranks))
     return out
 
