@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -198,6 +199,6 @@ def als_dot(pairs: pl.DataFrame, users: FactorIndex, items: FactorIndex) -> np.n
     return np.where(uok & iok, dots, np.nan)
 
 
-def feature_columns(features: pl.DataFrame) -> list[str]:
-    """The numeric model inputs: every column except the keys and the label."""
-    return [c for c in features.columns if c not in (USER_ID, ITEM_ID, "label")]
+def feature_names(columns: Iterable[str]) -> list[str]:
+    """The model inputs among `columns`, in their order: all but the keys and the label."""
+    return [c for c in columns if c not in (USER_ID, ITEM_ID, "label")]

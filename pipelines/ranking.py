@@ -11,7 +11,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.columns import ITEM_ID, SCORE, SOURCES, USER_ID
-from features.ranking import feature_columns
+from features.ranking import feature_names
 from models.als import AlsConfig
 from models.neighbours import PearsonConfig
 from models.ranker import LambdaRanker, RankerConfig
@@ -121,22 +121,37 @@ def fit_on(frames: list[pl.DataFrame], ranking: RankingConfig, engine: object = 
     worker, which is faster.
     """
     start = time.perf_counter()
-    frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-    frames.clear()
-    positives = frame.filter(pl.col("label") == 1)[USER_ID].n_unique() if frame.height else 0
+    frames[:] = [f for f in frames if f.height]
+    positives = pl.concat([f.filter(pl.col("label") == 1).select(USER_ID) for f in frames]
+                          )[USER_ID].n_unique() if frames else 0
     if positives < 2:
         raise TooLittleData(f"only {positives} users have a held-out interaction among their "
                             "candidates; the ranker needs at least 2")
     if ranking.max_train_users is not None:
-        keep = frame[USER_ID].unique().sort().sample(
-            n=min(ranking.max_train_users, frame[USER_ID].n_unique()), seed=ranking.model.seed)
-        frame = frame.filter(pl.col(USER_ID).is_in(keep.implode()))
-    frame = frame.sort([CUTOFF, USER_ID, ITEM_ID])
-    cols = feature_columns(frame.drop(["label", CUTOFF]))
-    x = frame.select(pl.col(cols).cast(pl.Float32)).to_numpy(order="c")  # (rows, features)
-    y = frame["label"].to_numpy().astype(np.float32)
-    g = frame.select(pl.struct([CUTOFF, USER_ID]).rank("dense").alias("_g"))["_g"].to_numpy()
-    del frame
+        users = pl.concat([f.select(USER_ID) for f in frames])[USER_ID].unique().sort()
+        keep = users.sample(n=min(ranking.max_train_users, len(users)),
+                            seed=ranking.model.seed).implode()
+        frames[:] = [f.filter(pl.col(USER_ID).is_in(keep)) for f in frames]
+    # Columns in order of first appearance (a frame without one has nulls there); the rows
+    # go to the float32 matrix frame by frame, then into (cutoff, user, item) order, so the
+    # wide rows never exist twice as float64 columns.
+    cols = feature_names(c for c in dict.fromkeys(c for f in frames for c in f.columns)
+                         if c != CUTOFF)
+    keys = pl.concat([f.select(CUTOFF, USER_ID, ITEM_ID, "label") for f in frames])
+    blocks = []
+    while frames:
+        f = frames.pop(0)
+        blocks.append(f.select([pl.col(c).cast(pl.Float32) if c in f.columns
+                                else pl.lit(None, pl.Float32).alias(c) for c in cols]
+                               ).to_numpy(order="c"))  # (rows, features)
+        del f
+    order = keys.with_row_index("_i").sort([CUTOFF, USER_ID, ITEM_ID])
+    idx = order["_i"].to_numpy()
+    x = np.concatenate(blocks)[idx] if blocks else np.zeros((0, len(cols)), np.float32)
+    del blocks
+    y = order["label"].to_numpy().astype(np.float32)
+    g = order.select(pl.struct([CUTOFF, USER_ID]).rank("dense").alias("_g"))["_g"].to_numpy()
+    del order, keys
     fit_remote = getattr(engine, "fit_ranker", None)
     if fit_remote is not None and len(y) >= ranking.distributed_min_rows:
         ranker = fit_remote(LambdaRanker(ranking.model), x, y, g, cols)
