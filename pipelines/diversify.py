@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from features import topn
 from features.columns import AUTHOR_ID, ITEM_ID, RANK, SCORE, SOURCES, USER_ID
 from features.vocab import IdVocab
 
@@ -174,35 +175,65 @@ def diversify(scored: pa.Table, items: pa.Table, config: DiversifyConfig) -> pa.
     authors = authors.with_columns((pl.col(AUTHOR_ID).rank("dense") - 1).cast(pl.Int64)
                                    .alias("_a"))
     n_codes = int(authors["_a"].max() or 0) + 1 + len(vocab)
-    # The selection runs on a narrow frame of keys; the wide columns are gathered at the end.
-    keys = df.select(
-        USER_ID, ITEM_ID, SCORE,
-        pl.Series("_order", vocab.index(scored.column(ITEM_ID)).astype(np.int64)),
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"),
+    order = vocab.index(scored.column(ITEM_ID)).astype(np.int64)
+    # Only each user's best `depth` rows can matter when among them n under-cap items have a
+    # key below `depth` (every later row has position, hence key, >= depth); users for whom
+    # that fails are selected again over all their rows. The full sort is what this avoids.
+    depth = PREFIX * config.n
+    codes = df[USER_ID].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    sizes = np.bincount(codes)
+    rows = np.arange(df.height, dtype=np.int64)
+    scores = df[SCORE].to_numpy()
+    if sizes.max(initial=0) > depth and np.isfinite(scores).all():
+        _, top, _, _ = topn.top_n(codes, rows, scores, order, depth)
+        keys = _select(df, top, order, authors, n_codes, config)
+        n_sure = keys.group_by("_u").agg(((~pl.col("_over")) & (pl.col("_key") < depth))
+                                         .sum().alias("_sure"), pl.first("_row"))
+        redo = n_sure.filter(pl.col("_sure") < config.n)["_row"].to_numpy()
+        redo_users = np.isin(codes, codes[redo]) & (sizes[codes] > depth)
+        if redo_users.any():
+            keys = pl.concat([
+                keys.filter(~pl.col("_row").is_in(pl.Series(rows[redo_users]).implode())),
+                _select(df, rows[redo_users], order, authors, n_codes, config)])
+            keys = keys.sort([USER_ID, "_r"])
+    else:
+        keys = _select(df, rows, order, authors, n_codes, config)
+    out = df[keys["_row"]].with_columns(
+        (keys["_r"] + 1).cast(pl.Int32).alias(RANK), keys[AUTHOR_ID],
+    ).select(USER_ID, ITEM_ID, SCORE, RANK, AUTHOR_ID, SOURCES)
+    return out.to_arrow().cast(RECOMMENDATIONS_SCHEMA)
+
+
+PREFIX = 4
+"""Diversify looks at each user's best PREFIX * n rows first (exactness checked per user)."""
+
+
+def _select(df: pl.DataFrame, rows: np.ndarray, order: np.ndarray, authors: pl.DataFrame,
+            n_codes: int, config: DiversifyConfig) -> pl.DataFrame:
+    """The kept rows of `df[rows]` in (user, rank) order, `order` being each row's item tie order.
+
+    Columns: user_id, _u (user code), _row, author_id, _over (over the cap), _key, _r (rank - 1).
+    """
+    keys = df.select(USER_ID, ITEM_ID, SCORE)[rows].with_columns(
+        pl.Series("_order", order[rows]), pl.Series("_row", rows),
     ).join(authors, on=ITEM_ID, how="left").with_columns(
         pl.col(AUTHOR_ID).fill_null(pl.lit("item:") + pl.col(ITEM_ID)),
-        pl.col("_a").fill_null(n_codes - len(vocab) + pl.col("_order")),
+        pl.col("_a").fill_null(n_codes - len(order) + pl.col("_order")),
     )
     keys = keys.sort([USER_ID, SCORE, "_order"], descending=[False, True, False])
     keys = keys.with_columns(pl.col(USER_ID).rle_id().cast(pl.Int64).alias("_u"))  # in order
     k_in_author = pl.Series("_k", _rank_in_group(
         (keys["_u"] * n_codes + keys["_a"]).to_numpy()))  # 1-based, in score order
     keys = keys.select(
-        "_u", "_row", AUTHOR_ID,
+        USER_ID, "_u", "_row", AUTHOR_ID,
         (k_in_author > config.max_per_author).alias("_over"),
-        pl.int_range(pl.len()).over("_u").alias("_pos"),
+        pl.int_range(pl.len()).over("_u").cast(pl.Float64).alias("_pos"),
         (k_in_author - 1).alias("_prior"),
     )
-    if config.author_penalty > 0:
-        key = pl.col("_pos").cast(pl.Float64) + config.author_penalty * pl.col("_prior")
-        keys = keys.with_columns(pl.when(pl.col("_over")).then(pl.col("_pos").cast(pl.Float64))
-                                 .otherwise(key).alias("_key"))
-        order = ["_u", "_over", "_key", "_pos"]
-    else:
-        order = ["_u", "_over", "_pos"]  # the key is the position itself
-    keys = keys.sort(order).with_columns(pl.int_range(pl.len()).over("_u").alias("_r"))
-    keys = keys.filter(pl.col("_r") < config.n)
-    out = df[keys["_row"]].with_columns(
-        (keys["_r"] + 1).cast(pl.Int32).alias(RANK), keys[AUTHOR_ID],
-    ).select(USER_ID, ITEM_ID, SCORE, RANK, AUTHOR_ID, SOURCES)
-    return out.to_arrow().cast(RECOMMENDATIONS_SCHEMA)
+    # Under-cap items compete by position + penalty x earlier items of their author;
+    # over-cap ones follow in score order (with penalty 0 the key is the position itself).
+    keys = keys.with_columns(pl.when(pl.col("_over")).then(pl.col("_pos")).otherwise(
+        pl.col("_pos") + config.author_penalty * pl.col("_prior")).alias("_key"))
+    keys = keys.sort(["_u", "_over", "_key", "_pos"]).with_columns(
+        pl.int_range(pl.len()).over("_u").alias("_r"))
+    return keys.filter(pl.col("_r") < config.n)

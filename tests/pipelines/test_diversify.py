@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.diversify import (
+    PREFIX,
     DiversifyConfig,
     FusionConfig,
     cap_authors_reference,
@@ -27,23 +28,30 @@ def scored_table(lists: dict[str, list[tuple[str, float]]]) -> pa.Table:
                      "sources": [["als"]] * len(rows)})
 
 
-lists_strategy = st.lists(st.integers(0, 4), max_size=30)
+lists_strategy = st.lists(st.integers(0, 4), max_size=60)
 
 
 @settings(max_examples=150, deadline=None)
 @given(authors=st.lists(lists_strategy, min_size=1, max_size=3), n=st.integers(1, 12),
-       cap=st.integers(1, 3))
-def test_vectorised_cap_equals_greedy_reference(authors: list[list[int]], n: int, cap: int
-                                                ) -> None:
+       cap=st.integers(1, 3), penalty=st.sampled_from([0.0, 0.5, 3.0]))
+def test_vectorised_cap_equals_greedy_reference(authors: list[list[int]], n: int, cap: int,
+                                                penalty: float) -> None:
+    """The re-ranker equals the greedy reference, on both of its paths.
+
+    Lists longer than PREFIX * n take the prefix path, with the per-user fallback to all rows
+    when the prefix has too few under-cap items (few authors, cap 1).
+    """
     lists = {f"u{u}": [(f"{u}-{k:02d}", float(-k)) for k in range(len(a))]
              for u, a in enumerate(authors)}
     author_of = {f"{u}-{k:02d}": f"a{x}" for u, a in enumerate(authors) for k, x in enumerate(a)}
     items = pa.table({"item_id": list(author_of), "title": list(author_of),
                       "author_id": list(author_of.values())})
-    out = diversify(scored_table(lists), items, DiversifyConfig(n=n, max_per_author=cap))
+    out = diversify(scored_table(lists), items, DiversifyConfig(n=n, max_per_author=cap,
+                                                                author_penalty=penalty))
     for u, entries in lists.items():
         ranked = [(i, author_of[i]) for i, _ in entries]
-        want = [i for i, _ in cap_authors_reference(ranked, n=n, max_per_author=cap)]
+        want = [i for i, _ in cap_authors_reference(ranked, n=n, max_per_author=cap,
+                                                    author_penalty=penalty)]
         got = [r["item_id"] for r in out.to_pylist() if r["user_id"] == u]
         assert got == want
         ranks = [r["rank"] for r in out.to_pylist() if r["user_id"] == u]
@@ -170,3 +178,21 @@ def test_sources_column_lists_each_rows_sources_in_order(present: list[list[bool
     got = sources_column(frame, names).to_pylist()
     assert got == [[s for k, s in enumerate(names) if row[k]] for row in present]
     assert sources_column(frame, []).to_pylist() == [[] for _ in present]
+
+
+def test_a_user_whose_best_rows_share_one_author_is_selected_over_all_rows() -> None:
+    """Top PREFIX * n rows all by one author: the cap needs rows far down the list."""
+    n = 5
+    depth = PREFIX * n
+    lists = {"u": [(f"i{k:03d}", float(-k)) for k in range(depth + 10)],
+             "v": [(f"j{k:03d}", float(-k)) for k in range(depth + 10)]}
+    author_of = {i: ("a0" if int(i[1:]) < depth else f"b{i}") for i, _ in lists["u"]}
+    author_of |= {i: f"c{int(i[1:]) % 7}" for i, _ in lists["v"]}  # v: the prefix suffices
+    items = pa.table({"item_id": list(author_of), "title": list(author_of),
+                      "author_id": list(author_of.values())})
+    out = diversify(scored_table(lists), items, DiversifyConfig(n=n, max_per_author=1))
+    for u, entries in lists.items():
+        want = [i for i, _ in cap_authors_reference([(i, author_of[i]) for i, _ in entries],
+                                                    n=n, max_per_author=1)]
+        assert [r["item_id"] for r in out.to_pylist() if r["user_id"] == u] == want
+    assert [r["item_id"] for r in out.to_pylist() if r["user_id"] == "u"][1] == f"i{depth:03d}"
