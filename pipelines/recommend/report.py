@@ -8,9 +8,11 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from features import topn
 from features.columns import AUTHOR_ID, ITEM_ID, SCORE, USER_ID
 from pipelines.recommend.tables import table_path
 from pipelines.store import write_text_atomic
@@ -39,8 +41,16 @@ def top_by_score(path: Path, n: int) -> pl.DataFrame:
     for g in range(source.metadata.num_row_groups):
         part = pl.from_arrow(source.read_row_group(g, columns=[USER_ID, ITEM_ID, SCORE]))
         assert isinstance(part, pl.DataFrame)
-        out.append(part.sort([USER_ID, SCORE, ITEM_ID], descending=[False, True, False])
-                   .group_by(USER_ID, maintain_order=True).head(n).select(USER_ID, ITEM_ID))
+        if not part.height:
+            continue
+        # Compiled per-user top-n (ties to the lower item id), not a sort of the whole group.
+        ids = part[ITEM_ID].unique().sort()
+        tie = part.select(ITEM_ID).join(pl.DataFrame({ITEM_ID: ids, "_o": range(len(ids))}),
+                                        on=ITEM_ID, how="left", maintain_order="left")["_o"]
+        users = part[USER_ID].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+        _, rows, _, _ = topn.top_n(users, np.arange(part.height), part[SCORE].to_numpy(),
+                                   tie.to_numpy(), n)
+        out.append(part.select(USER_ID, ITEM_ID)[rows])
     return pl.concat(out)
 
 
