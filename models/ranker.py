@@ -116,7 +116,9 @@ class LambdaRanker:
         """Scores (n,) for rows with the fitted feature order."""
         if self._booster is None:
             raise NotFittedError(type(self).__name__)
-        return np.asarray(self._booster.predict(x, num_iteration=self.best_iteration))
+        # Threads as configured: a loaded booster would otherwise use every core (OpenMP).
+        return np.asarray(self._booster.predict(x, num_iteration=self.best_iteration,
+                                                num_threads=self.config.threads))
 
     def importance(self) -> dict[str, float]:
         """Total gain per feature."""
