@@ -28,9 +28,10 @@ class EaseConfig(BaseModel):
     latest-small and Last.fm at 60); 200 has the smallest worst-case loss against each data
     set's best (-4.6%, mean -3.1%). Prefer `select_reg` on the night's own validation split."""
     max_items: int = Field(10_000, ge=1)
-    """Largest catalogue EASE accepts: fit holds one dense items x items float64 matrix, plus
-    up to two more of at most that size in the dual solver, then B in `dtype` (10,000 items:
-    0.8 GB each; 20,000: 3.2 GB each, ~5-10 GB peak), and the nightly fits it once per
+    """Largest catalogue EASE accepts: the primal solver holds one dense items x items float64
+    matrix, then B in `dtype`; the dual solver (fewer users than items) writes B in `dtype`
+    directly, by row blocks (10,000 items: 0.8 GB in float64, 0.4 GB in float32; 20,000:
+    3.2 / 1.6 GB), and the nightly fits it once per
     history, so a larger catalogue raises `CatalogueTooLarge` and the nightly skips the source
     with a warning (an 18,000-item catalogue took minutes per fit on one thread)."""
     dtype: Literal["float32", "float64"] = "float32"
@@ -86,11 +87,15 @@ class Ease:
         reg = self.config.reg
         with threadpool_limits(self.config.threads, "blas"):
             if self._use_dual(x):
-                p = _dual_inverse(x, reg)  # (n_items, n_items) float64
-            else:
-                gram = (x.T @ x).toarray()  # (n_items, n_items) float64, co-occurrences
-                gram[np.diag_indices_from(gram)] += reg
-                p = _spd_inverse_inplace(gram)  # the same memory
+                # Straight into B in its dtype, by row blocks: no float64 items x items copy.
+                self.weights = _dual_weights(x, reg, np.dtype(self.config.dtype),
+                                             self.config.block_elements)
+                log.info("EASE fitted: %d items, lambda %g (dual)", n_items, reg)
+                return self
+            # Primal: one dense float64 Gram, inverted in place.
+            gram = (x.T @ x).toarray()  # (n_items, n_items) float64, co-occurrences
+            gram[np.diag_indices_from(gram)] += reg
+            p = _spd_inverse_inplace(gram)  # the same memory
             p /= -np.diag(p)[None, :]  # B_ij = -P_ij / P_jj
             np.fill_diagonal(p, 0.0)
         self.weights = p.astype(self.config.dtype, copy=False)
@@ -269,22 +274,34 @@ def _spd_inverse_inplace(a: np.ndarray, block: int = 1024) -> np.ndarray:
     return inv
 
 
-def _dual_inverse(x: sp.csr_matrix, reg: float) -> np.ndarray:
-    """(X^T X + reg I)^-1 by Woodbury: (I - X^T (X X^T + reg I)^-1 X) / reg; x (users, items).
+def _dual_weights(x: sp.csr_matrix, reg: float, dtype: np.dtype, block_elements: int
+                  ) -> np.ndarray:
+    """B from the Woodbury form, row block by row block, stored in `dtype`; x (users, items).
 
-    Only a users x users matrix is inverted; the items x items result is built by two sparse
-    products. Cancellation in 1 - x_j^T K x_j is bounded by reg / (reg + n_j) per item (n_j its
-    interaction count), harmless in float64 for the reg values EASE uses (>= 1).
+    With G = X^T K X and K = (X X^T + reg I)^-1, P = (I - G) / reg, so off the diagonal
+    B_ij = -P_ij / P_jj = G_ij / (1 - G_jj). diag(G) comes from X^T K and X alone; each block
+    of G's rows is one sparse-dense product. Only a users x users matrix is inverted and the
+    float64 items x items P never exists whole. Cancellation in 1 - G_jj is bounded by
+    reg / (reg + n_j) per item (n_j its interaction count), harmless in float64 for the reg
+    values EASE uses (>= 1).
     """
+    n_items = x.shape[1]
     k = (x @ x.T).toarray()  # (users, users) float64
     k[np.diag_indices_from(k)] += reg
     k = _spd_inverse_inplace(k)  # K = (X X^T + reg I)^-1
-    xtk = np.asarray(x.T @ k)  # (items, users) dense
-    p = np.asarray(x.T @ xtk.T)  # (items, items) = X^T K X, dense
-    del xtk
-    p *= -1.0 / reg
-    p[np.diag_indices_from(p)] += 1.0 / reg
-    return p
+    xt = x.T.tocsr()  # (items, users)
+    xtk = np.asarray(xt @ k)  # (items, users) dense, X^T K
+    del k
+    g_diag = np.asarray(xt.multiply(xtk).sum(axis=1)).ravel()  # G_jj = sum_u (X^T K)_ju X_uj
+    scale = 1.0 / (1.0 - g_diag)  # (items,) = 1 / (reg P_jj)
+    out = np.empty((n_items, n_items), dtype=dtype)
+    step = max(1, block_elements // max(n_items, 1))
+    for start in range(0, n_items, step):
+        blk = slice(start, min(start + step, n_items))
+        g = np.asarray(xt @ xtk[blk].T).T  # (b, items) rows of G = X^T K X
+        out[blk] = g * scale[None, :]
+    np.fill_diagonal(out, 0.0)
+    return out
 
 
 def _mask_seen(scores: np.ndarray, x: sp.csr_matrix) -> None:

@@ -42,6 +42,17 @@ def test_values_are_binarised_and_float32_close(rng: np.random.Generator) -> Non
     np.testing.assert_allclose(f32.weights, oracle_b(x, 5.0), rtol=1e-5, atol=1e-6)
 
 
+def test_dual_solver_writes_float32_weights_close_to_the_oracle(rng: np.random.Generator
+                                                                ) -> None:
+    x = random_binary(rng, users=15, items=40)
+    for block in (1, 7, 2_000_000):  # row blocks of B: one row, a ragged split, everything
+        model = Ease(EaseConfig(reg=3.0, solver="dual", block_elements=block * 40)).fit(
+            sp.csr_matrix(x))
+        assert model.weights is not None and model.weights.dtype == np.float32
+        np.testing.assert_allclose(model.weights, oracle_b(x, 3.0), rtol=1e-5, atol=1e-6)
+        assert np.all(np.diag(model.weights) == 0.0)
+
+
 def test_known_answer_two_items() -> None:
     # Item 0 held by 3 users, item 1 by 2, together by 1. With two items the closed form is
     # B_01 = G_01 / (G_00 + reg) and B_10 = G_01 / (G_11 + reg): 1/4 and 1/3 for reg = 1.
