@@ -125,6 +125,11 @@ def _pearson_part(shared: tuple[Prepared, int], i: int, path: Path) -> int:
 
 def _neighbours(io: StageIO, cfg: RunConfig, h: History, side: str) -> None:
     """Top-k Pearson neighbours of users or items; split over the workers on a cluster."""
+    if side == "user" and cfg.candidates.user_pearson == 0:
+        # Only the user-Pearson source reads user neighbours: with it off, none are computed
+        # (their cost grows with the square of the users who share popular items).
+        io.write(h.table("user_neighbours"), neighbours.neighbours_schema(USER_ID).empty_table())
+        return
     m = build_matrix(io.read(h.table("history")))
     config = cfg.user_neighbours if side == "user" else cfg.item_neighbours
     mat, vocab, key = ((m.weights, m.users, USER_ID) if side == "user"
@@ -473,6 +478,7 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
         if lgbm:
             eval_cuts = chain(prefix, rule, n_cut, start=2)
 
+    user_off = cfg.candidates.user_pearson == 0
     stages: list[Stage] = [Stage("ingest", "ingest", (), ("interactions", "items", "rejected"),
                                  _ingest, ("source",), timeout_s=3600)]
     for h in hs.values():
@@ -487,7 +493,10 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
         stages += [
             Stage(_at("user_neighbours", h), "user_neighbours", (hist,),
                   (h.table("user_neighbours"),), partial(_neighbours, h=h, side="user"),
-                  ("user_neighbours",)),
+                  # Keyed on the source's switch only when it is off: the empty table must
+                  # never stand in for real neighbours, and any n > 0 computes the same ones.
+                  ("user_neighbours", "candidates.user_pearson") if user_off
+                  else ("user_neighbours",)),
             Stage(_at("item_neighbours", h), "item_neighbours", (hist,),
                   (h.table("item_neighbours"),), partial(_neighbours, h=h, side="item"),
                   ("item_neighbours",)),

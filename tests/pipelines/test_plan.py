@@ -67,6 +67,21 @@ def test_stage_keys_change_only_with_their_own_inputs(tmp_path: Path) -> None:
     assert changed(base, shards) == set()  # the output does not depend on the shard size
 
 
+def test_user_pearson_off_skips_user_neighbours_under_its_own_key(tmp_path: Path) -> None:
+    raw = tiny_config_dict(tmp_path)
+    base = RunConfig.from_dict(raw)
+    fewer = RunConfig.from_dict({**raw, "candidates": {**raw["candidates"], "user_pearson": 3}})
+    assert not {n for n in changed(base, fewer) if n.startswith("user_neighbours")}
+    off = RunConfig.from_dict({**raw, "candidates": {**raw["candidates"], "user_pearson": 0}})
+    assert {n for n in changed(base, off) if n.startswith("user_neighbours")} == {
+        "user_neighbours", "user_neighbours@h1", "user_neighbours@h2", "user_neighbours@h3"}
+    res = run_nightly(off, run_id="off")
+    assert published(res.path, "user_neighbours").num_rows == 0
+    assert published(res.path, "recommendations").num_rows > 0
+    assert published(res.path, "candidates").column("user_pearson_rank").null_count == \
+        published(res.path, "candidates").num_rows
+
+
 def test_code_keys_cover_only_the_stage_code() -> None:
     assert not any("generative" in f or "style" in f or "audio" in f
                    for files in runner.STAGE_CODE.values() for f in files)
