@@ -287,10 +287,17 @@ def fault_point(name: str) -> None:
     if os.environ.get("RECSYS_FAULT_AT") != name:
         return
     flag = os.environ.get("RECSYS_FAULT_FILE")
-    if flag and os.environ.get("RECSYS_FAULT_ONCE") and Path(flag).exists():
-        return  # one-shot: a restarted worker retrying the task runs through
+    if flag and os.environ.get("RECSYS_FAULT_ONCE"):
+        # One-shot, claimed atomically: of several workers that reach the point together only
+        # one hangs; the others, and a restarted worker retrying the task, run through.
+        try:
+            os.close(os.open(f"{flag}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
     if flag:
-        Path(flag).write_text(f"{os.getpid()}\n")
+        tmp = Path(f"{flag}.{os.getpid()}.tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.replace(flag)  # the waiting test never reads a half-written pid
     time.sleep(3600)
 
 
