@@ -11,6 +11,7 @@ import pytest
 
 from features.errors import ConfigError, DataError, RunLockedError
 from pipelines.nightly import RunConfig, run_nightly
+from pipelines.recommend.tables import WORK
 from pipelines.store import latest_run, output_lock
 from tests.conftest import published, tiny_config_dict
 
@@ -89,7 +90,8 @@ def test_cut_off_candidates_cover_only_the_users_with_targets(tmp_path: Path) ->
     assert short <= serving and len(serving) == 30
     cache = Path(str(raw["output"]["root"])) / "cache"  # type: ignore[index]
     for cut in ("h1", "h2", "h3"):
-        parts = sorted(cache.glob(f"candidates@{cut}/*/work/{cut}/candidates.parts/*.parquet"))
+        parts = sorted(cache.glob(str(Path(f"candidates@{cut}", "*", WORK, cut,
+                                           "candidates.parts", "*.parquet"))))
         users = {u for p in parts for u in pq.read_table(p).column("user_id").to_pylist()}
         assert users and not users & short, cut
     rows = {r.stage: r.rows for r in res.reports}
