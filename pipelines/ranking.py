@@ -144,7 +144,6 @@ def fit_on(frames: list[pl.DataFrame], ranking: RankingConfig, engine: object = 
         blocks.append(f.select([pl.col(c).cast(pl.Float32) if c in f.columns
                                 else pl.lit(None, pl.Float32).alias(c) for c in cols]
                                ).to_numpy(order="c"))  # (rows, features)
-        del f
     order = keys.with_row_index("_i").sort([CUTOFF, USER_ID, ITEM_ID])
     idx = order["_i"].to_numpy()
     x = np.concatenate(blocks)[idx] if blocks else np.zeros((0, len(cols)), np.float32)
