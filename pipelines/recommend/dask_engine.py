@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ class EngineConfig(BaseModel):
     """Workers of the LocalCluster the run starts (ignored with `address`)."""
     threads_per_worker: int = Field(1, ge=1)
     """Threads per LocalCluster worker (ignored with `address`)."""
+    concurrent_stages: int = Field(2, ge=1)
+    """Independent stages run side by side (their tasks share the workers)."""
 
 
 def local_client(n_workers: int, threads_per_worker: int) -> Any:
@@ -84,6 +86,10 @@ class DaskEngine:
         rows = [int(r) for r in self.client.gather(futures)]
         del data
         return rows
+
+    def run_whole(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) as one task on a worker (a stage without shard work); waits for it."""
+        return self.client.submit(fn, *args, pure=False).result()
 
     def fit_ranker(self, ranker: Any, x: Any, y: Any, groups: Any, features: list[str]) -> Any:
         """Train a LambdaRanker with `lightgbm.dask.DaskLGBMRanker`, partitioned by query.

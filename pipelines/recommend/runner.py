@@ -13,6 +13,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,9 +112,33 @@ class StageReport:
     one that set the run's peak; tasks on other processes report their own)."""
 
 
+WHOLE_ON_A_WORKER = frozenset({"split", "als"})
+"""Stage kinds without shard work: on a cluster each runs whole as one task on a worker, so
+independent ones (the histories' ALS fits) run side by side instead of on the driver."""
+
+
+def on_one_worker(stage: Stage, folder: Path, cfg: RunConfig) -> bool:
+    """Whether a cluster runs this stage as one task (a ranker below the distributed size too)."""
+    if stage.kind == "ranker":
+        rows = sum(pq.read_metadata(p).num_rows for name in stage.reads
+                   for p in part_paths(folder, name) if p.exists())
+        return rows < cfg.ranker.distributed_min_rows
+    return stage.kind in WHOLE_ON_A_WORKER
+
+
 def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine | None = None
             ) -> StageReport:
-    """Run one stage over the run folder, or restore it from a verified cache entry."""
+    """Run one stage over the run folder, or restore it from a verified cache entry.
+
+    On an engine that runs whole stages remotely (Dask), a stage without shard work goes to
+    one worker as a single task, cache check included; the others fan their shards out.
+    """
+    run_whole = getattr(engine, "run_whole", None)
+    if run_whole is not None and on_one_worker(stage, folder, cfg):
+        report: StageReport = run_whole(execute, p, stage, folder, cfg)
+        log.info("stage %s: %s on a worker in %.2f s%s", stage.name, report.rows,
+                 report.seconds, " (cache)" if report.cached else "")
+        return report
     start = time.perf_counter()
     key = stage_key(p, stage, cfg)
     entry = stage_cache.entry(cfg.output.root, stage.name, key)
@@ -187,6 +212,34 @@ def sequential(call: Call) -> Runner:
     return lambda p, run: [call(s, run) for s in p.stages]
 
 
+def concurrent(call: Call, at_once: int) -> Runner:
+    """Run each stage once its upstream stages are done, up to `at_once` stages side by side.
+
+    For a cluster engine: the driver's threads only wait on the workers, so two independent
+    stages (the cut-offs' ALS fits, the two rankers) keep two workers busy. The first failure
+    cancels the stages not yet started, waits for the running ones, and is raised.
+    """
+    def run(p: Plan, folder: RunFolder) -> list[StageReport]:
+        done: dict[str, StageReport] = {}
+        waiting = list(p.stages)
+        running: dict[Future[StageReport], Stage] = {}
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stage") as pool:
+            while waiting or running:
+                ready = [s for s in waiting if all(u.name in done for u in p.upstream(s))]
+                for s in ready:
+                    waiting.remove(s)
+                    running[pool.submit(call, s, folder)] = s
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    stage = running.pop(future)
+                    if (exc := future.exception()) is not None:
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise exc
+                    done[stage.name] = future.result()
+        return [done[s.name] for s in p.stages]
+    return run
+
+
 def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: bool = False,
                 engine: Engine | None = None) -> RunResult:
     """Run every stage in order and publish, without Prefect (tests, scripts, debugging).
@@ -205,8 +258,10 @@ def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: boo
 
     def call(stage: Stage, run: RunFolder) -> StageReport:
         return execute(p, stage, run.staging, cfg, engine)
+    runner = (concurrent(call, cfg.engine.concurrent_stages)
+              if hasattr(engine, "run_whole") else sequential(call))
     try:
-        return run_with(cfg, run_id, sequential(call), evaluate_only=evaluate_only)
+        return run_with(cfg, run_id, runner, evaluate_only=evaluate_only)
     finally:
         if client is not None:
             cluster = getattr(client, "cluster", None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -10,8 +12,8 @@ import pytest
 from features.errors import ConfigError
 from pipelines.nightly import RunConfig, run_nightly
 from pipelines.recommend import runner
-from pipelines.recommend.stages import plan
-from pipelines.store import validate_run_id
+from pipelines.recommend.stages import Stage, plan
+from pipelines.store import RunFolder, validate_run_id
 from tests.conftest import published, tiny_config_dict
 
 
@@ -139,3 +141,54 @@ def test_a_toml_nested_too_deep_is_a_config_error(tmp_path: Path) -> None:
     deep.write_text("a = " + "[" * 50_000 + "]" * 50_000 + "\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         RunConfig.from_toml(deep)
+
+
+def test_concurrent_runner_keeps_dependencies_and_runs_independent_stages_together(
+        tmp_path: Path) -> None:
+    p = plan(RunConfig())
+    lock = threading.Lock()
+    spans: dict[str, tuple[float, float]] = {}
+    live, most = [0], [0]
+
+    def call(stage: Stage, run: object) -> runner.StageReport:
+        start = time.perf_counter()
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        time.sleep(0.01)
+        with lock:
+            live[0] -= 1
+        spans[stage.name] = (start, time.perf_counter())
+        return runner.StageReport(stage.name, {}, 0.0)
+
+    reports = runner.concurrent(call, 3)(p, RunFolder(tmp_path, "r"))
+    assert [r.stage for r in reports] == [s.name for s in p.stages]  # plan order
+    for s in p.stages:
+        for up in p.upstream(s):
+            assert spans[up.name][1] <= spans[s.name][0], (up.name, s.name)
+    assert most[0] == 3  # the histories' independent sources ran side by side
+
+
+def test_concurrent_runner_stops_at_the_first_failure(tmp_path: Path) -> None:
+    p = plan(RunConfig())
+    started: list[str] = []
+
+    def call(stage: Stage, run: object) -> runner.StageReport:
+        started.append(stage.name)
+        if stage.name == "split@h1":
+            raise ValueError("bad split")
+        time.sleep(0.01)
+        return runner.StageReport(stage.name, {}, 0.0)
+
+    with pytest.raises(ValueError, match="bad split"):
+        runner.concurrent(call, 2)(p, RunFolder(tmp_path, "r"))
+    downstream = {s.name for s in p.stages if "h1" in s.name and s.name != "split@h1"}
+    assert not downstream & set(started)
+    assert "evaluate" not in started
+
+
+def test_a_cluster_runs_stages_without_shards_whole_on_a_worker(tmp_path: Path) -> None:
+    p = plan(RunConfig())
+    cfg = RunConfig()
+    whole = {s.kind for s in p.stages if runner.on_one_worker(s, tmp_path, cfg)}
+    assert whole == {"split", "als", "ranker"}  # no training rows yet: under the threshold
