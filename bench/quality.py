@@ -1,8 +1,12 @@
 """Benchmark: the offline evaluation table with EASE beside the product's models, per data set.
 
-Run: `python bench/quality.py [--dataset embedded|ml1m|lastfm|all ...] [--config F]`.
+Run: `python bench/quality.py [--dataset embedded|ml1m|lastfm|series|all ...] [--config F]
+[--work DIR]`.
 Data: the embedded MovieLens latest-small (directors as authors), ML-1M users 1-2999 (HetRec
-directors), Last.fm (artists are the items and their own authors, so the cap never binds).
+directors), Last.fm (artists are the items and their own authors, so the cap never binds), and
+`series`: real goodbooks-10k books with synthetic readers who read whole series of one author
+(what the author cap costs where same-author lists are right; see `write_series`), generated
+into `--work`.
 Everything tunable is chosen on a validation split of train (the protocol's rule applied to
 train, never test): EASE's lambda (models/ease.py) and the diversity re-ranker's MMR penalty
 (pipelines/diversify.py). Then the test table, and the diversity trade-off curve (caps 1, 2, 3,
@@ -13,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +68,9 @@ from pipelines.tradeoff import tradeoff_curve, tradeoff_markdown  # noqa: E402
 # Re-run on latest-small at 11:40 (validated defaults, EASE candidates in the ranker):
 #   lightgbm 0.1064 -> + diversity 0.1061 (-0.3%, penalty 0) / 0.1063 (-0.1%, penalty 3, the
 #   validation choice); EASE(60) 0.0794, ratio 1.34.
+# series (goodbooks-10k readers, seed 20261201: 4,000 users, 5,166 items, 74,698 interactions),
+# defaults, 2026-12-01: lightgbm 0.3747 -> + diversity 0.3575 (-4.6%, cap 2, penalty 0 chosen on
+#   validation); cap 1 -17.3%, cap 3 -1.8%; EASE(100, the grid's low end) 0.3130; 144 s.
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -82,13 +91,156 @@ def ml1m_source() -> SourceConfig:
                          format="tsv", encoding="latin-1", item="movieID", author="directorID")])
 
 
-def datasets() -> dict[str, tuple[str, SourceConfig]]:
-    """Data set key -> (title, source config)."""
+# The `series` data set: goodbooks-10k metadata with synthetic series readers.
+GOODBOOKS = SHARED / "goodbooks-10k" / "books.csv"
+SERIES_SEED = 20261201
+SERIES_USERS = 4_000
+SERIES_STANDALONES = 2_000  # the most rated books outside any series
+SERIES_CONTINUE = (0.30, 0.50, 0.75, 0.88, 0.93)  # P(read the next of the series | rating 1..5)
+_SERIES_TITLE = re.compile(r"\(([^()#]+?),?\s*#(\d+)\)\s*$")  # "(The Hunger Games, #1)"
+
+
+@dataclass(frozen=True)
+class Book:
+    """One goodbooks-10k book as the generator uses it."""
+
+    book_id: int
+    title: str
+    author: str
+    ratings_count: int
+    average_rating: float
+
+
+def goodbooks_catalogue(path: Path = GOODBOOKS
+                        ) -> tuple[list[list[Book]], list[Book]]:
+    """The series (each a list of books by position) and the standalone books of goodbooks-10k.
+
+    A series is (series name, first author) from titles like "Mockingjay (The Hunger Games,
+    #3)": only whole-number positions (no "#0.5" novellas, no "#1-3" box sets), one book per
+    position (the most rated), at least two positions. Standalones: the `SERIES_STANDALONES`
+    most rated books whose title names no series position at all.
+    """
+    books = pl.read_csv(path, infer_schema_length=0)
+    series: dict[tuple[str, str], dict[int, Book]] = {}
+    standalone: list[Book] = []
+    for bid, title, authors, count, avg in books.select(
+            "book_id", "title", "authors", "ratings_count", "average_rating").iter_rows():
+        book = Book(int(bid), title, authors.split(",")[0].strip(), int(count), float(avg))
+        m = _SERIES_TITLE.search(title)
+        if m:
+            at = series.setdefault((m.group(1).strip(), book.author), {})
+            pos = int(m.group(2))
+            if pos not in at or book.ratings_count > at[pos].ratings_count:
+                at[pos] = book
+        elif "#" not in title:
+            standalone.append(book)
+    runs = [[at[p] for p in sorted(at)] for _, at in sorted(series.items()) if len(at) >= 2]
+    standalone.sort(key=lambda b: (-b.ratings_count, b.book_id))
+    return runs, standalone[:SERIES_STANDALONES]
+
+
+def write_series(work: Path, n_users: int = SERIES_USERS, seed: int = SERIES_SEED
+                 ) -> tuple[Path, Path]:
+    """Write the `series` data set into `work`: (interactions CSV, items CSV).
+
+    Real (goodbooks-10k books.csv, CC BY-SA 4.0): the books, titles, authors (the first name in
+    `authors`), series and positions parsed from the titles (`goodbooks_catalogue`), and each
+    book's ratings count and average rating. Synthetic (numpy, seed `seed`, so the files are
+    the same on every run): the readers. Each of `n_users` users
+    - reads 1 + Poisson(1.5) series (at most 6), drawn by the ratings count of the series' first
+      book ** 0.7, and each other series of the same author with probability 0.3 (author
+      loyalty);
+    - reads each series in order from its first book and goes on to the next with
+      `SERIES_CONTINUE[rating - 1]` (0.93 after a 5), so whole series are common;
+    - reads 3 + Poisson(6) standalone books, drawn without replacement by ratings count ** 0.8;
+    - rates a book round(average rating + user bias N(0, 0.4) + noise N(0, 0.8)), clipped to 1-5;
+    - reads in a time line that starts uniformly in 2014-01-01 .. 2017-06-01 with exponential
+      gaps (mean 6 days), bingeing: the next book continues the current series with
+      probability 0.7, else comes from a random other of the user's open series / standalones.
+    The items file has item id (goodbooks `book_id`), title and author columns.
+    """
+    runs, standalone = goodbooks_catalogue()
+    rng = np.random.default_rng(seed)
+    by_author: dict[str, list[int]] = {}
+    for i, books in enumerate(runs):
+        by_author.setdefault(books[0].author, []).append(i)
+    w = np.array([books[0].ratings_count for books in runs], dtype=float) ** 0.7
+    p_series = w / w.sum()
+    w = np.array([b.ratings_count for b in standalone], dtype=float) ** 0.8
+    p_standalone = w / w.sum()
+    start, end = 1_388_534_400, 1_496_275_200  # 2014-01-01, 2017-06-01 (UTC)
+    rows: list[tuple[int, int, int, int]] = []
+    for user in range(1, n_users + 1):
+        bias = rng.normal(0.0, 0.4)
+
+        def rate(book: Book, bias: float = bias) -> int:
+            return int(np.clip(round(book.average_rating + bias + rng.normal(0.0, 0.8)), 1, 5))
+
+        chosen: list[int] = []
+        n_series = min(6, 1 + rng.poisson(1.5))
+        for s in rng.choice(len(runs), size=n_series, replace=False, p=p_series):
+            same = [j for j in by_author[runs[s][0].author] if j != s]
+            for i in [int(s)] + [j for j in same if rng.random() < 0.3]:
+                if i not in chosen:
+                    chosen.append(i)
+        streams: list[list[tuple[Book, int]]] = []
+        for i in chosen:
+            read: list[tuple[Book, int]] = []
+            for book in runs[i]:
+                read.append((book, rate(book)))
+                if rng.random() >= SERIES_CONTINUE[read[-1][1] - 1]:
+                    break
+            streams.append(read)
+        n_alone = min(len(standalone), 3 + rng.poisson(6.0))
+        for j in rng.choice(len(standalone), size=n_alone, replace=False, p=p_standalone):
+            streams.append([(standalone[j], rate(standalone[j]))])
+        t = float(rng.uniform(start, end))
+        current = int(rng.integers(len(streams)))
+        while streams:
+            book, rating = streams[current].pop(0)
+            rows.append((user, book.book_id, rating, int(t)))
+            t += rng.exponential(6 * 86_400.0)
+            if not streams[current]:
+                streams.pop(current)
+            elif rng.random() < 0.7:
+                continue
+            if streams:
+                current = int(rng.integers(len(streams)))
+    work.mkdir(parents=True, exist_ok=True)
+    inter, items = work / "series-interactions.csv", work / "series-items.csv"
+    u, b, r, ts = zip(*rows, strict=True)
+    catalogue = {bk.book_id: bk for books in runs for bk in books} | {
+        bk.book_id: bk for bk in standalone}
+    used = sorted(set(b))
+    for path, frame in (
+            (inter, pl.DataFrame({"user": u, "book_id": b, "rating": r, "timestamp": ts})),
+            (items, pl.DataFrame({"book_id": used,
+                                  "title": [catalogue[i].title for i in used],
+                                  "author": [catalogue[i].author for i in used]}))):
+        tmp = path.with_suffix(".tmp")
+        frame.write_csv(tmp)
+        os.replace(tmp, path)
+    return inter, items
+
+
+def series_source(work: Path) -> SourceConfig:
+    """The `series` data set, (re)generated into `work`, as a source config."""
+    inter, items = write_series(work)
+    return SourceConfig(path=inter, format="csv", user="user", item="book_id", weight="rating",
+                        timestamp="timestamp",
+                        items=[ItemsFile(path=items, format="csv", item="book_id",
+                                         title="title", author="author")])
+
+
+def datasets(work: Path) -> dict[str, tuple[str, Callable[[], SourceConfig]]]:
+    """Data set key -> (title, source config maker); generated sets are written to `work`."""
     return {
-        "embedded": ("embedded MovieLens latest-small (directors)", SourceConfig()),
-        "ml1m": ("ML-1M users 1-2999 (directors)", ml1m_source()),
+        "embedded": ("embedded MovieLens latest-small (directors)", SourceConfig),
+        "ml1m": ("ML-1M users 1-2999 (directors)", ml1m_source),
         "lastfm": ("Last.fm (artists as authors)",
-                   preset_source("lastfm", SHARED / "hetrec2011-lastfm-2k")),
+                   lambda: preset_source("lastfm", SHARED / "hetrec2011-lastfm-2k")),
+        "series": ("goodbooks-10k series readers (synthetic; authors of the books)",
+                   lambda: series_source(work)),
     }
 
 
@@ -197,18 +349,21 @@ def row(name: str, m: Metrics) -> str:
             f"{m.worst_max_per_author_at_10} |")
 
 
-def run(key: str, cfg: RunConfig, ease_grid: Sequence[float], ease_only: bool = False) -> None:
+def run(key: str, cfg: RunConfig, ease_grid: Sequence[float], work: Path,
+        ease_only: bool = False) -> None:
     """Validate, then evaluate one data set and print its tables."""
-    title, source = datasets()[key]
+    title, source = datasets(work)[key]
     print(f"\n## {title}", flush=True)
     start = time.perf_counter()
-    data = ingest(source)
+    data = ingest(source())
     split_cfg = SplitConfig()
     split = split_last(data.interactions, split_cfg)
     inner = split_last(split.train, split_cfg)
     n_val = pc.count_distinct(inner.train.column(ITEM_ID)).as_py()
     n_test = pc.count_distinct(split.train.column(ITEM_ID)).as_py()
-    print(f"{data.interactions.num_rows:,} interactions, {n_test:,} train items; split "
+    n_users = pc.count_distinct(data.interactions.column(USER_ID)).as_py()
+    print(f"{data.interactions.num_rows:,} interactions, {n_users:,} users, "
+          f"{data.items.num_rows:,} items, {n_test:,} train items; split "
           f"{'by time' if split.temporal else 'random (no time stamps)'}", flush=True)
 
     # Validation: EASE lambda, then the MMR penalty of the re-ranker at the configured cap.
@@ -288,17 +443,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", nargs="+", default=["all"],
-                        choices=["embedded", "ml1m", "lastfm", "all"])
+                        choices=["embedded", "ml1m", "lastfm", "series", "all"])
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--ease-grid", type=float, nargs="+", default=list(EASE_GRID))
+    parser.add_argument("--work", type=Path,
+                        default=Path(tempfile.gettempdir()) / "recsys-quality",
+                        help="folder the generated data sets (series) are written to")
     parser.add_argument("--ease-only", action="store_true",
                         help="only choose EASE's lambda on validation (no ranker, no test)")
     args = parser.parse_args()
     cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
-    keys = list(datasets()) if "all" in args.dataset else args.dataset
+    keys = list(datasets(args.work)) if "all" in args.dataset else args.dataset
     with threadpool_limits(1, "blas"):
         for key in keys:
-            run(key, cfg, args.ease_grid, args.ease_only)
+            run(key, cfg, args.ease_grid, args.work, args.ease_only)
 
 
 if __name__ == "__main__":
