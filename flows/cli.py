@@ -154,9 +154,10 @@ def run(
         from flows.server import prefect_api
 
         with prefect_api():
-            from flows.recommend import nightly_recommendations
+            from flows.recommend import nightly_recommendations, with_stage_threads
 
-            summary = nightly_recommendations(config=cfg, run_id=run_id)
+            summary = with_stage_threads(nightly_recommendations, cfg)(config=cfg,
+                                                                       run_id=run_id)
     _print_summary(summary, time.perf_counter() - start)
 
 
@@ -182,9 +183,10 @@ def evaluate(
         from flows.server import prefect_api
 
         with prefect_api():
-            from flows.recommend import offline_evaluation
+            from flows.recommend import offline_evaluation, with_stage_threads
 
-            path = Path(str(offline_evaluation(config=cfg, run_id=run_id)["path"]))
+            flow_ = with_stage_threads(offline_evaluation, cfg)
+            path = Path(str(flow_(config=cfg, run_id=run_id)["path"]))
     typer.echo((path / "evaluation.md").read_text())
     typer.echo(f"written to {path}")
 

@@ -148,6 +148,12 @@ def _run(cfg: RunConfig, run_id: str | None, evaluate_only: bool) -> dict[str, o
             "stages": [r.__dict__ for r in result.reports]}
 
 
+def with_stage_threads(fl: Any, cfg: RunConfig) -> Any:
+    """The flow with `engine.concurrent_stages` task threads (independent stages side by side)."""
+    return fl.with_options(task_runner=ThreadPoolTaskRunner(
+        max_workers=cfg.engine.concurrent_stages))
+
+
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
