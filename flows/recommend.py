@@ -44,14 +44,18 @@ def stage_task(name: str, staging: Path, cfg: RunConfig, evaluate_only: bool = F
                ) -> StageReport:
     """Run one stage of the nightly plan over the run's staging folder (or reuse its cache)."""
     p = plan(cfg, evaluate_only=evaluate_only)
-    engine = None
-    if cfg.engine.kind == "dask":  # the flow's client, shared by the task threads
-        from distributed import default_client
+    return execute(p, p.stage(name), staging, cfg, cluster_engine(cfg))
 
-        from pipelines.recommend.dask_engine import DaskEngine
 
-        engine = DaskEngine(default_client())
-    return execute(p, p.stage(name), staging, cfg, engine)
+def cluster_engine(cfg: RunConfig) -> Any:
+    """With engine.kind = "dask", the run's client (shared by the task threads); else None."""
+    if cfg.engine.kind != "dask":
+        return None
+    from distributed import default_client
+
+    from pipelines.recommend.dask_engine import DaskEngine
+
+    return DaskEngine(default_client())
 
 
 def _submit_all(p: Plan, run: RunFolder, cfg: RunConfig, evaluate_only: bool
@@ -142,7 +146,7 @@ def _run(cfg: RunConfig, run_id: str | None, evaluate_only: bool) -> dict[str, o
     """Run the plan as tasks (on the configured cluster), publish, then the artifacts."""
     with _cluster(cfg):
         result = run_with(cfg, run_id, lambda p, run: _submit_all(p, run, cfg, evaluate_only),
-                          evaluate_only=evaluate_only)
+                          evaluate_only=evaluate_only, engine=cluster_engine(cfg))
     publish_artifacts(result)
     return {"run_id": result.run_id, "path": str(result.path),
             "stages": [r.__dict__ for r in result.reports]}

@@ -30,7 +30,7 @@ class EngineConfig(BaseModel):
     """Workers of the LocalCluster the run starts (ignored with `address`)."""
     threads_per_worker: int = Field(1, ge=1)
     """Threads per LocalCluster worker (ignored with `address`)."""
-    concurrent_stages: int = Field(2, ge=1)
+    concurrent_stages: int = Field(3, ge=1)
     """Independent stages run side by side (their tasks share the workers)."""
 
 

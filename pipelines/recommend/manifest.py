@@ -19,6 +19,7 @@ from pipelines import diversify as div
 from pipelines import ingest, offline
 from pipelines.neighbours import neighbours_schema
 from pipelines.recommend.config import RunConfig
+from pipelines.recommend.engine import Engine, LocalEngine
 from pipelines.recommend.stages import RECOMMENDATIONS_SCHEMA, RUN_ID, Plan, published_tables
 from pipelines.recommend.tables import WORK, parts_dir, table_path
 from pipelines.store import MANIFEST, RunFolder, write_parquet_atomic
@@ -133,19 +134,29 @@ def add_run_id(path: Path, run_id: str) -> None:
     tmp.replace(path)
 
 
-def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any]) -> None:
+def _publishable(shared: tuple[Path, list[str], str], i: int, path: Path) -> int:
+    """Table i as it is published: its parts combined (or itself) with the run_id column."""
+    folder, names, run_id = shared
+    if parts_dir(folder, names[i]).is_dir():
+        combine_parts(folder, names[i], run_id)
+    elif RUN_ID not in pq.read_schema(path).names:  # a task rerun after a lost worker
+        add_run_id(path, run_id)
+    return pq.read_metadata(path).num_rows
+
+
+def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any], engine: Engine | None = None
+             ) -> None:
     """Make the staging folder what will be published, and verify every table in it.
 
-    Sharded tables become one file each, the cut-off tables are removed, and each published
-    table's footer is read back: its row count must match the manifest and its schema the
-    table's contract. A mismatch fails the run before anything is published.
+    Sharded tables become one file each (on a cluster, one table per worker task), the
+    cut-off tables are removed, and each published table's footer is read back: its row count
+    must match the manifest and its schema the table's contract. A mismatch fails the run
+    before anything is published.
     """
     folder = run.staging
-    for name in published_tables(p):
-        if parts_dir(folder, name).is_dir():
-            combine_parts(folder, name, run.run_id)
-        else:
-            add_run_id(table_path(folder, name), run.run_id)
+    names = published_tables(p)
+    (engine or LocalEngine()).map_shards(
+        _publishable, (folder, names, run.run_id), [table_path(folder, n) for n in names])
     shutil.rmtree(folder / WORK, ignore_errors=True)
     for name in published_tables(p):
         path = table_path(folder, name)

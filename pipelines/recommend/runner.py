@@ -276,7 +276,7 @@ def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: boo
     runner = (concurrent(call, cfg.engine.concurrent_stages)
               if hasattr(engine, "run_whole") else sequential(call))
     try:
-        return run_with(cfg, run_id, runner, evaluate_only=evaluate_only)
+        return run_with(cfg, run_id, runner, evaluate_only=evaluate_only, engine=engine)
     finally:
         if client is not None:
             cluster = getattr(client, "cluster", None)
@@ -286,7 +286,7 @@ def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: boo
 
 
 def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
-             evaluate_only: bool = False) -> RunResult:
+             evaluate_only: bool = False, engine: Engine | None = None) -> RunResult:
     """Lock the output root, run the plan through `runner`, verify, publish, prune.
 
     Any failure discards the staging folder, so nothing is published and `latest` keeps
@@ -309,7 +309,7 @@ def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
         try:
             reports = runner(p, run)
             manifest = mf.manifest_for(run, p, cfg, reports, started)
-            mf.finalise(run, p, manifest)
+            mf.finalise(run, p, manifest, engine)
             if not evaluate_only:
                 write_report(run.staging, manifest, cfg.diversify.n)
             path = run.publish(manifest, update_latest=not evaluate_only)

@@ -103,14 +103,14 @@ def test_no_cache_and_output_are_applied_to_the_config(tmp_path: Path,
 def test_local_run_logs_each_stage_at_info_and_quiet_hides_it(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = tiny_toml(tmp_path, ranking="fusion", evaluation={"enabled": False})
-    with caplog.at_level(logging.NOTSET):
+    with caplog.at_level(logging.DEBUG, logger="pipelines"):  # not numba's debug flood
         result = runner.invoke(app, ["run", "-e", "local", "-c", str(config), "--run-id", "a"])
     assert result.exit_code == 0, result.output
     stage_lines = [r for r in caplog.records
                    if r.name.startswith("pipelines") and r.levelno == logging.INFO]
     assert any("ingest" in r.getMessage() for r in stage_lines), caplog.text
     caplog.clear()
-    with caplog.at_level(logging.NOTSET):
+    with caplog.at_level(logging.DEBUG, logger="pipelines"):  # not numba's debug flood
         result = runner.invoke(app, ["-q", "run", "-e", "local", "-c", str(config),
                                      "--run-id", "b", "--no-cache"])
     assert result.exit_code == 0, result.output
