@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
-from prefect import flow, task
+from prefect import Flow, flow, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -24,6 +24,9 @@ from pipelines.recommend.config import RunConfig
 from pipelines.recommend.runner import RunResult, StageReport, execute, run_with
 from pipelines.recommend.stages import Plan, plan
 from pipelines.store import RunFolder
+
+if TYPE_CHECKING:
+    from pipelines.recommend.dask_engine import DaskEngine
 
 
 def transient_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -47,7 +50,7 @@ def stage_task(name: str, staging: Path, cfg: RunConfig, evaluate_only: bool = F
     return execute(p, p.stage(name), staging, cfg, cluster_engine(cfg))
 
 
-def cluster_engine(cfg: RunConfig) -> Any:
+def cluster_engine(cfg: RunConfig) -> DaskEngine | None:
     """With engine.kind = "dask", the run's client (shared by the task threads); else None."""
     if cfg.engine.kind != "dask":
         return None
@@ -55,7 +58,7 @@ def cluster_engine(cfg: RunConfig) -> Any:
 
     from pipelines.recommend.dask_engine import DaskEngine
 
-    return DaskEngine(default_client())
+    return DaskEngine(default_client())  # the flow's client, shared by the task threads
 
 
 def _submit_all(p: Plan, run: RunFolder, cfg: RunConfig, evaluate_only: bool
@@ -152,10 +155,17 @@ def _run(cfg: RunConfig, run_id: str | None, evaluate_only: bool) -> dict[str, o
             "stages": [r.__dict__ for r in result.reports]}
 
 
-def with_stage_threads(fl: Any, cfg: RunConfig) -> Any:
-    """The flow with `engine.concurrent_stages` task threads (independent stages side by side)."""
-    return fl.with_options(task_runner=ThreadPoolTaskRunner(
-        max_workers=cfg.engine.concurrent_stages))
+STAGE_THREADS = 2
+"""Stage tasks at once in one process (the decorated flows, and so `recsys serve`)."""
+
+
+def with_stage_threads(fl: Flow[..., Any], cfg: RunConfig) -> Flow[..., Any]:
+    """The flow with `engine.concurrent_stages` task threads on a cluster, else STAGE_THREADS.
+
+    On a cluster the workers do the work; in one process more threads only share its cores.
+    """
+    threads = cfg.engine.concurrent_stages if cfg.engine.kind == "dask" else STAGE_THREADS
+    return fl.with_options(task_runner=ThreadPoolTaskRunner(max_workers=threads))
 
 
 def _run_name() -> str:
@@ -166,7 +176,7 @@ def _run_name() -> str:
 
 
 @flow(name="nightly-recommendations", log_prints=True, flow_run_name=_run_name,
-      task_runner=ThreadPoolTaskRunner(max_workers=2))
+      task_runner=ThreadPoolTaskRunner(max_workers=STAGE_THREADS))
 def nightly_recommendations(config_path: Path | None = None, run_id: str | None = None,
                             config: RunConfig | None = None, preset: str | None = None,
                             data: Path | None = None, output: Path | None = None,
@@ -185,7 +195,7 @@ def nightly_recommendations(config_path: Path | None = None, run_id: str | None 
 
 
 @flow(name="offline-evaluation", log_prints=True, flow_run_name=_run_name,
-      task_runner=ThreadPoolTaskRunner(max_workers=2))
+      task_runner=ThreadPoolTaskRunner(max_workers=STAGE_THREADS))
 def offline_evaluation(config: RunConfig | None = None, run_id: str | None = None,
                        config_path: Path | None = None, preset: str | None = None,
                        data: Path | None = None, output: Path | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,11 @@ def connect(config: EngineConfig) -> Any:
             "local cluster") from exc
 
 
+_DISTRIBUTED_FIT = threading.Lock()
+"""One distributed LightGBM fit at a time per driver: two interleaved fits could each hold a
+worker that the other's network waits on (one thread per worker), and both would hang."""
+
+
 class DaskEngine:
     """Runs each shard as a Dask task; the shared inputs are broadcast to every worker once.
 
@@ -99,6 +105,11 @@ class DaskEngine:
         validation curve is replayed through the same rule (`early_stopping_iteration`): the
         model keeps the iteration the in-process fit would have stopped at.
         """
+        with _DISTRIBUTED_FIT:
+            return self._fit_ranker(ranker, x, y, groups, features)
+
+    def _fit_ranker(self, ranker: Any, x: Any, y: Any, groups: Any, features: list[str]
+                    ) -> Any:
         import dask.array as da
         import numpy as np
         from lightgbm.dask import DaskLGBMRanker

@@ -6,6 +6,7 @@ import functools
 import json
 import platform
 import shutil
+import uuid
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -102,7 +103,7 @@ def combine_parts(folder: Path, name: str, run_id: str | None = None) -> None:
     out_schema = schema if run_id is None else schema.append(
         pa.field(RUN_ID, pa.string(), nullable=False))
     target = table_path(folder, name)
-    tmp = target.with_name(f".{target.name}.combine.tmp")
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.combine.tmp")
     with pq.ParquetWriter(tmp, out_schema, compression="zstd") as writer:
         for part in parts:
             table = pq.read_table(part).cast(schema)
@@ -137,7 +138,10 @@ def add_run_id(path: Path, run_id: str) -> None:
 def _publishable(shared: tuple[Path, list[str], str], i: int, path: Path) -> int:
     """Table i as it is published: its parts combined (or itself) with the run_id column."""
     folder, names, run_id = shared
-    if parts_dir(folder, names[i]).is_dir():
+    parts = parts_dir(folder, names[i])
+    if parts.is_dir() and path.exists() and RUN_ID in pq.read_schema(path).names:
+        shutil.rmtree(parts)  # a rerun after the combined file was already in place
+    elif parts.is_dir():
         combine_parts(folder, names[i], run_id)
     elif RUN_ID not in pq.read_schema(path).names:  # a task rerun after a lost worker
         add_run_id(path, run_id)

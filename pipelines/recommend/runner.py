@@ -126,8 +126,8 @@ def on_one_worker(stage: Stage, folder: Path, cfg: RunConfig) -> bool:
     return stage.kind in WHOLE_ON_A_WORKER
 
 
-def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine | None = None
-            ) -> StageReport:
+def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine | None = None,
+            key: str | None = None) -> StageReport:
     """Run one stage over the run folder, or restore it from a verified cache entry.
 
     On an engine that runs whole stages remotely (Dask), a stage without shard work goes to
@@ -135,12 +135,14 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
     """
     run_whole = getattr(engine, "run_whole", None)
     if run_whole is not None and on_one_worker(stage, folder, cfg):
-        report: StageReport = run_whole(execute, p, stage, folder, cfg)
+        # The key from the driver's code: the driver prunes the cache by its own keys.
+        report: StageReport = run_whole(execute, p, stage, folder, cfg, None,
+                                        key or stage_key(p, stage, cfg))
         log.info("stage %s: %s on a worker in %.2f s%s", stage.name, report.rows,
                  report.seconds, " (cache)" if report.cached else "")
         return report
     start = time.perf_counter()
-    key = stage_key(p, stage, cfg)
+    key = key or stage_key(p, stage, cfg)
     entry = stage_cache.entry(cfg.output.root, stage.name, key)
     if cfg.output.cache and (hit := stage_cache.restore(entry, folder)) is not None:
         log.info("stage %s: unchanged inputs, reused cache %s", stage.name, key[:12])
@@ -238,19 +240,28 @@ def concurrent(call: Call, at_once: int) -> Runner:
         done: dict[str, StageReport] = {}
         waiting = list(p.stages)
         running: dict[Future[StageReport], Stage] = {}
-        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stage") as pool:
+        pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stage")
+        try:
             while waiting or running:
                 ready = [s for s in waiting if all(u.name in done for u in p.upstream(s))]
                 for s in ready:
                     waiting.remove(s)
                     running[pool.submit(call, s, folder)] = s
+                if not running:  # a plan is ordered, so this is a bug, not a wait
+                    raise RuntimeError(f"stages {[s.name for s in waiting]} can never start")
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     stage = running.pop(future)
-                    if (exc := future.exception()) is not None:
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise exc
-                    done[stage.name] = future.result()
+                    done[stage.name] = future.result()  # raises the stage's failure
+        except BaseException:
+            # Nothing new starts (an interrupt included); the running stages finish first, so
+            # the staging folder is discarded only once no thread writes to it.
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future, stage in running.items():
+                if future.done() and not future.cancelled() and future.exception() is not None:
+                    log.error("stage %s also failed: %s", stage.name, future.exception())
+            raise
+        pool.shutdown(wait=True)
         return [done[s.name] for s in p.stages]
     return run
 

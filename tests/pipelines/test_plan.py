@@ -146,17 +146,21 @@ def test_a_toml_nested_too_deep_is_a_config_error(tmp_path: Path) -> None:
 def test_concurrent_runner_keeps_dependencies_and_runs_independent_stages_together(
         tmp_path: Path) -> None:
     p = plan(RunConfig())
-    lock = threading.Lock()
+    cond = threading.Condition()
     spans: dict[str, tuple[float, float]] = {}
-    live, most = [0], [0]
+    live, most, calls = [0], [0], [0]
 
     def call(stage: Stage, run: object) -> runner.StageReport:
         start = time.perf_counter()
-        with lock:
+        with cond:
             live[0] += 1
+            calls[0] += 1
             most[0] = max(most[0], live[0])
-        time.sleep(0.01)
-        with lock:
+            cond.notify_all()
+            if calls[0] <= 3:  # the first three wait for each other (ingest alone: in vain)
+                cond.wait_for(lambda: most[0] >= 3 or stage.kind == "ingest", timeout=5)
+        time.sleep(0.002)
+        with cond:
             live[0] -= 1
         spans[stage.name] = (start, time.perf_counter())
         return runner.StageReport(stage.name, {}, 0.0)
@@ -192,3 +196,27 @@ def test_a_cluster_runs_stages_without_shards_whole_on_a_worker(tmp_path: Path) 
     cfg = RunConfig()
     whole = {s.kind for s in p.stages if runner.on_one_worker(s, tmp_path, cfg)}
     assert whole == {"split", "als", "ranker"}  # no training rows yet: under the threshold
+
+
+def test_a_publish_task_rerun_after_its_combine_keeps_the_combined_table(
+        tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.recommend import manifest as mf
+    from pipelines.recommend.tables import parts_dir, table_path
+
+    parts = parts_dir(tmp_path, "scored")
+    parts.mkdir(parents=True)
+    for i in range(3):
+        pq.write_table(pa.table({"user_id": [f"u{i}"] * (i + 1)}), parts / f"part-{i:05d}.parquet")
+    path = table_path(tmp_path, "scored")
+    shared = (tmp_path, ["scored"], "run-1")
+    assert mf._publishable(shared, 0, path) == 6
+    # A worker lost after the combine but before the parts were gone: the retry keeps the
+    # combined table instead of combining what is left.
+    parts.mkdir()
+    pq.write_table(pa.table({"user_id": ["u9"]}), parts / "part-00000.parquet")
+    assert mf._publishable(shared, 0, path) == 6
+    assert not parts.exists()
+    assert pq.read_table(path).column("run_id").to_pylist() == ["run-1"] * 6
