@@ -135,8 +135,11 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
     """
     run_whole = getattr(engine, "run_whole", None)
     if run_whole is not None and on_one_worker(stage, folder, cfg):
-        # The key from the driver's code: the driver prunes the cache by its own keys.
-        report: StageReport = run_whole(execute, p, stage, folder, cfg, None,
+        # The key from the driver's code (the driver prunes the cache by its own keys), and
+        # the output root as the driver sees it (a worker has its own working directory).
+        here = cfg.model_copy(update={"output": cfg.output.model_copy(
+            update={"root": cfg.output.root.resolve()})})
+        report: StageReport = run_whole(execute, p, stage, folder.resolve(), here, None,
                                         key or stage_key(p, stage, cfg))
         log.info("stage %s: %s on a worker in %.2f s%s", stage.name, report.rows,
                  report.seconds, " (cache)" if report.cached else "")
@@ -311,7 +314,8 @@ def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
     check_output_root(root)
     with output_lock(root, wait_s=cfg.output.lock_wait_s), young_heap_gc():
         clean_stale(root)
-        run = RunFolder(root, run_id or new_run_id(started))
+        # Absolute: shard and whole-stage tasks run on workers with their own working dirs.
+        run = RunFolder(root.resolve(), run_id or new_run_id(started))
         if run.final.exists():
             raise ConfigError(f"run id {run.run_id!r} is already used by {run.final}; choose "
                               "another --run-id (or leave it out for a fresh one)")
