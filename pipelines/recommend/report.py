@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +25,44 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _per_list_author_max(lists: pl.DataFrame, authors: pl.DataFrame) -> pl.Series:
-    return (lists.join(authors, on=ITEM_ID, how="left")
-            .group_by([USER_ID, AUTHOR_ID]).len()
-            .group_by(USER_ID).agg(pl.col("len").max())["len"])
+def top_by_score(scored: pl.DataFrame, n: int) -> pl.DataFrame:
+    """(user_id, item_id) of each user's n best-scored items (ties to the lower item id).
 
-
-def top_by_score(path: Path, n: int) -> pl.DataFrame:
-    """(user_id, item_id) of each user's n best-scored items, one row group at a time.
-
-    A row group of the published `scored` table is one user shard, so no user spans two and
-    memory stays at one shard, not the whole table.
+    Compiled per-user top-n, not a sort of the whole table; the diversify stage runs it per
+    user shard, so no step ranks the whole scored table.
     """
-    source = pq.ParquetFile(path)
-    out = [pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String})]
-    for g in range(source.metadata.num_row_groups):
-        part = pl.from_arrow(source.read_row_group(g, columns=[USER_ID, ITEM_ID, SCORE]))
-        assert isinstance(part, pl.DataFrame)
-        if not part.height:
-            continue
-        # Compiled per-user top-n (ties to the lower item id), not a sort of the whole group.
-        ids = part[ITEM_ID].unique().sort()
-        tie = part.select(ITEM_ID).join(pl.DataFrame({ITEM_ID: ids, "_o": range(len(ids))}),
-                                        on=ITEM_ID, how="left", maintain_order="left")["_o"]
-        users = part[USER_ID].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
-        _, rows, _, _ = topn.top_n(users, np.arange(part.height), part[SCORE].to_numpy(),
-                                   tie.to_numpy(), n)
-        out.append(part.select(USER_ID, ITEM_ID)[rows])
-    return pl.concat(out)
+    if not scored.height:
+        return pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String})
+    ids = scored[ITEM_ID].unique().sort()
+    tie = scored.select(ITEM_ID).join(pl.DataFrame({ITEM_ID: ids, "_o": range(len(ids))}),
+                                      on=ITEM_ID, how="left", maintain_order="left")["_o"]
+    users = scored[USER_ID].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    _, rows, _, _ = topn.top_n(users, np.arange(scored.height), scored[SCORE].to_numpy(),
+                               tie.to_numpy(), n)
+    return scored.select(USER_ID, ITEM_ID)[rows]
+
+
+def author_concentration(lists: pl.DataFrame, authors: pl.DataFrame) -> dict[int, int]:
+    """Lists by the most items one author has in them: {items: lists}."""
+    per_list = (lists.join(authors, on=ITEM_ID, how="left")
+                .group_by([USER_ID, AUTHOR_ID]).len()
+                .group_by(USER_ID).agg(pl.col("len").max())["len"])
+    counts = per_list.value_counts()
+    return {int(k): int(v) for k, v in zip(counts[:, 0], counts[:, 1], strict=True)}
+
+
+def add_counts(parts: list[dict[int, int]]) -> dict[int, int]:
+    """Sum of per-shard {items: lists} histograms."""
+    out: dict[int, int] = {}
+    for part in parts:
+        for k, v in part.items():
+            out[int(k)] = out.get(int(k), 0) + int(v)
+    return dict(sorted(out.items()))
+
+
+CONCENTRATION = "concentration.json"
+"""The diversify stage's {items by one author: lists} before diversity (from the top n by
+score) and published, for the report's figure."""
 
 
 def figures(folder: Path, n: int) -> dict[str, str]:
@@ -63,7 +74,8 @@ def figures(folder: Path, n: int) -> dict[str, str]:
 
     recs = pl.read_parquet(table_path(folder, "recommendations"))
     authors = pl.read_parquet(table_path(folder, "items"), columns=[ITEM_ID, AUTHOR_ID])
-    before = top_by_score(table_path(folder, "scored"), n)
+    before = {int(k): v for k, v in json.loads((folder / CONCENTRATION).read_text())[
+        "before"].items()}
     out: dict[str, str] = {}
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.hist(recs[SCORE].to_numpy(), bins=50, color="#4c72b0")
@@ -73,10 +85,11 @@ def figures(folder: Path, n: int) -> dict[str, str]:
     out["scores"] = _png(fig)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3))
-    b, a = _per_list_author_max(before, authors), _per_list_author_max(recs, authors)
-    top = int(max(b.max() or 1, a.max() or 1))
-    bins = [x - 0.5 for x in range(1, top + 2)]
-    ax.hist([b.to_numpy(), a.to_numpy()], bins=bins, label=["before diversity", "published"])
+    after = author_concentration(recs, authors)
+    ks = np.arange(1, max([1, *before, *after]) + 1)
+    ax.bar(ks - 0.2, [before.get(int(k), 0) for k in ks], width=0.4, label="before diversity")
+    ax.bar(ks + 0.2, [after.get(int(k), 0) for k in ks], width=0.4, label="published")
+    ax.set_xticks(ks)
     ax.set_xlabel("most items by one author in a list")
     ax.set_ylabel("lists")
     ax.legend()

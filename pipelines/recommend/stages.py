@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.columns import ITEM_ID, RANK, USER_ID
+from features.columns import AUTHOR_ID, ITEM_ID, RANK, USER_ID
 from features.errors import DataWarning
 from features.matrix import build_matrix
 from features.ranking import HistoryStats, candidate_features, history_stats
@@ -35,9 +35,10 @@ from pipelines.evaluate import (
     split_last,
     top_k_from_scores,
 )
+from pipelines.recommend import report
 from pipelines.recommend.config import RunConfig, section
 from pipelines.recommend.tables import WORK, StageIO, table_path, write_part
-from pipelines.store import atomic_path, fault_point
+from pipelines.store import atomic_path, fault_point, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +295,14 @@ them (`lightgbm` scores and `fusion` scores are not comparable)."""
 
 
 def _diversify_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
-    parts, items, titles, config, ranker = shared
-    recs = pl.from_arrow(div.diversify(pq.read_table(parts[i]), items, config))
+    parts, items, titles, authors, config, ranker = shared
+    scored = pq.read_table(parts[i])
+    frame = pl.from_arrow(scored)
+    assert isinstance(frame, pl.DataFrame)
+    # The report's before-diversity figure, from this shard's top n by score.
+    before = report.author_concentration(report.top_by_score(frame, config.n), authors)
+    write_text_atomic(json.dumps(before), _before_path(path))
+    recs = pl.from_arrow(div.diversify(scored, items, config))
     assert isinstance(recs, pl.DataFrame)
     out = recs.join(titles, on=ITEM_ID, how="left", maintain_order="left").with_columns(
         pl.lit(ranker, pl.String).alias("ranker"))
@@ -303,14 +310,23 @@ def _diversify_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
                       .cast(RECOMMENDATIONS_SCHEMA), path)
 
 
+def _before_path(part: Path) -> Path:
+    return part.with_name(f".{part.stem}.before.json")
+
+
 def _diversify(io: StageIO, cfg: RunConfig) -> None:
     parts = io.parts("scored")
     items = io.read("items")
     titles = pl.from_arrow(items.select([ITEM_ID, "title"]))
+    authors = pl.from_arrow(items.select([ITEM_ID, AUTHOR_ID]))
     ranker = json.loads((io.folder / "scoring.json").read_text())["scored_by"]
     paths = io.shard_paths("recommendations", len(parts))
     io.record_parts("recommendations", paths, io.engine.map_shards(
-        _diversify_shard, (parts, items, titles, cfg.diversify, ranker), paths))
+        _diversify_shard, (parts, items, titles, authors, cfg.diversify, ranker), paths))
+    before = report.add_counts([json.loads(_before_path(p).read_text()) for p in paths])
+    for p in paths:
+        _before_path(p).unlink()
+    io.write_file(report.CONCENTRATION, json.dumps({"before": before}).encode())
 
 
 EVAL_K = 20
@@ -535,7 +551,7 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
             ("scored", "scoring.json"), partial(_score, h=serving, ranker_file=ranker_file),
             ("ranking", "fusion", "candidates.popular_window_days")))
         stages.append(Stage("diversify", "diversify", ("scored", "scoring.json", "items"),
-                            ("recommendations",),
+                            ("recommendations", report.CONCENTRATION),
                             _diversify, ("diversify",)))
     if eval_train is not None:
         eval_ranker = f"{WORK_EVAL}/ranker.json" if lgbm else None

@@ -1,35 +1,58 @@
-"""The run report's before-diversity lists: per-shard top-n equals a whole-table sort."""
+"""The run report's before-diversity figure: per-shard top-n and counts equal a global sort."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipelines.recommend.report import top_by_score
+from pipelines.nightly import RunConfig, run_nightly
+from pipelines.recommend.report import CONCENTRATION, add_counts, author_concentration, top_by_score
+from tests.conftest import tiny_config_dict
 
 
-def test_top_by_score_per_row_group_equals_a_global_sort(tmp_path: Path) -> None:
+def oracle_top(frame: pl.DataFrame, n: int) -> pl.DataFrame:
+    return (frame.sort(["user_id", "score", "item_id"], descending=[False, True, False])
+            .group_by("user_id", maintain_order=True).head(n).select("user_id", "item_id"))
+
+
+def test_top_by_score_equals_a_global_sort() -> None:
     rng = np.random.default_rng(0)
-    path = tmp_path / "scored.parquet"
-    frames = []
-    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()),
-                        ("score", pa.float64())])
-    with pq.ParquetWriter(path, schema) as writer:
-        for shard in range(3):  # one row group per shard of users, as the runner writes
-            n = 200
-            frame = pl.DataFrame({
-                "user_id": [f"u{shard}-{u}" for u in rng.integers(0, 7, n)],
-                "item_id": [f"i{j}" for j in rng.permutation(n)],
-                "score": rng.integers(0, 5, n).astype(float)})  # ties, broken by item id
-            frames.append(frame)
-            writer.write_table(frame.to_arrow().cast(schema), row_group_size=n)
-    got = top_by_score(path, 4)
-    want = (pl.concat(frames).sort(["user_id", "score", "item_id"],
-                                   descending=[False, True, False])
-            .group_by("user_id", maintain_order=True).head(4).select("user_id", "item_id"))
-    assert got.sort(["user_id", "item_id"]).equals(want.sort(["user_id", "item_id"]))
-    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    n = 600
+    frame = pl.DataFrame({
+        "user_id": [f"u{u}" for u in rng.integers(0, 21, n)],
+        "item_id": [f"i{j}" for j in rng.permutation(n)],
+        "score": rng.integers(0, 5, n).astype(float)})  # ties, broken by item id
+    got = top_by_score(frame, 4)
+    assert got.sort(["user_id", "item_id"]).equals(oracle_top(frame, 4).sort(
+        ["user_id", "item_id"]))
+    assert top_by_score(frame.clear(), 4).height == 0
+
+
+def test_shard_counts_add_up_to_the_whole_table() -> None:
+    lists = pl.DataFrame({"user_id": ["a", "a", "a", "b", "b", "c"],
+                          "item_id": ["1", "2", "3", "1", "4", "5"]})
+    authors = pl.DataFrame({"item_id": ["1", "2", "3", "4", "5"],
+                            "author_id": ["x", "x", "y", "z", None]})
+    assert author_concentration(lists, authors) == {2: 1, 1: 2}
+    halves = [author_concentration(lists.filter(pl.col("user_id") == u), authors)
+              for u in ("a", "b", "c")]
+    assert add_counts(halves) == {1: 2, 2: 1}
+
+
+def test_a_nightly_publishes_the_before_diversity_counts_of_its_scored_table(
+        tmp_path: Path) -> None:
+    raw = tiny_config_dict(tmp_path)
+    raw["shards"] = {"users": 7}  # several shards
+    res = run_nightly(RunConfig.from_dict(raw))
+    scored = pl.read_parquet(res.path / "scored.parquet")
+    authors = pl.read_parquet(res.path / "items.parquet", columns=["item_id", "author_id"])
+    n = RunConfig.from_dict(raw).diversify.n
+    want = author_concentration(oracle_top(scored, n), authors)
+    got = {int(k): v for k, v in json.loads((res.path / CONCENTRATION).read_text())[
+        "before"].items()}
+    assert got == want and sum(got.values()) == scored["user_id"].n_unique()
+    assert (res.path / "report.html").stat().st_size > 0
+    assert not list(res.path.rglob(".*.before.json"))
