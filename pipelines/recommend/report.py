@@ -33,12 +33,22 @@ def top_by_score(scored: pl.DataFrame, n: int) -> pl.DataFrame:
     """
     if not scored.height:
         return pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String})
-    ids = scored[ITEM_ID].unique().sort()
-    tie = scored.select(ITEM_ID).join(pl.DataFrame({ITEM_ID: ids, "_o": range(len(ids))}),
-                                      on=ITEM_ID, how="left", maintain_order="left")["_o"]
-    users = scored[USER_ID].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    user, item = scored[USER_ID], scored[ITEM_ID]
+    new_user = user != user.shift(1)
+    if ((new_user & (user > user.shift(1))) | (~new_user & (item > item.shift(1)))
+            ).slice(1).all():
+        # Rows in (user, item) order, as the score stage writes them: the row number is the
+        # tie order and users are runs.
+        users = new_user.fill_null(True).cum_sum().to_numpy().astype(np.int64)
+        tie = np.arange(scored.height, dtype=np.int64)
+    else:
+        ids = item.unique().sort()
+        tie = scored.select(ITEM_ID).join(
+            pl.DataFrame({ITEM_ID: ids, "_o": range(len(ids))}), on=ITEM_ID, how="left",
+            maintain_order="left")["_o"].to_numpy()
+        users = user.cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
     _, rows, _, _ = topn.top_n(users, np.arange(scored.height), scored[SCORE].to_numpy(),
-                               tie.to_numpy(), n)
+                               tie, n)
     return scored.select(USER_ID, ITEM_ID)[rows]
 
 
