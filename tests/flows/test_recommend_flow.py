@@ -31,6 +31,31 @@ def test_flow_runs_every_stage_and_publishes(prefect_harness: None, tmp_path: Pa
     assert pq.read_table(published / "recommendations.parquet").num_rows == 30 * 5
 
 
+@pytest.mark.flow
+@pytest.mark.slow
+def test_flow_on_a_dask_cluster_publishes_what_one_process_does(prefect_harness: None,
+                                                                 tmp_path: Path) -> None:
+    from flows.recommend import nightly_recommendations, with_stage_threads
+    from pipelines.nightly import run_nightly
+
+    raw = tiny_config_dict(tmp_path)
+    raw["shards"] = {"users": 7}
+    local = run_nightly(RunConfig.from_dict({**raw, "output": {"root": str(tmp_path / "l")}}))
+    # The flow starts (and stops) its own 2-worker LocalCluster; stages run as Prefect tasks,
+    # whole stages and shards on the workers.
+    cfg = RunConfig.from_dict({**raw, "output": {"root": str(tmp_path / "d")},
+                               "engine": {"kind": "dask", "n_workers": 2}})
+    summary = with_stage_threads(nightly_recommendations, cfg)(config=cfg, run_id="on-dask")
+    assert [s["stage"] for s in summary["stages"]] == [  # type: ignore[index, union-attr]
+        s.name for s in plan(cfg).stages]
+    published = latest_run(tmp_path / "d")
+    assert published is not None and published.name == "on-dask"
+    for name in ("candidates", "scored", "recommendations", "evaluation"):
+        a = pq.read_table(local.path / f"{name}.parquet").drop_columns(["run_id"])
+        b = pq.read_table(published / f"{name}.parquet").drop_columns(["run_id"])
+        assert a.equals(b), name
+
+
 def command_paths(group: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Every command and sub-command of the CLI, as argument paths."""
     out = [prefix]
