@@ -162,7 +162,7 @@ def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any], engine: Engine |
     (engine or LocalEngine()).map_shards(
         _publishable, (folder, names, run.run_id), [table_path(folder, n) for n in names])
     shutil.rmtree(folder / WORK, ignore_errors=True)
-    for name in published_tables(p):
+    for name in names:
         path = table_path(folder, name)
         try:
             meta = pq.read_metadata(path)

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,10 @@ def author_concentration(lists: pl.DataFrame, authors: pl.DataFrame) -> dict[int
 
 def add_counts(parts: list[dict[int, int]]) -> dict[int, int]:
     """Sum of per-shard {items: lists} histograms."""
-    out: dict[int, int] = {}
-    for part in parts:
-        for k, v in part.items():
-            out[int(k)] = out.get(int(k), 0) + int(v)
-    return dict(sorted(out.items()))
+    total: Counter[int] = Counter()
+    for part in parts:  # JSON keys come back as strings
+        total.update({int(k): int(v) for k, v in part.items()})
+    return dict(sorted(total.items()))
 
 
 CONCENTRATION = "concentration.json"
