@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections import Counter
 from collections.abc import Sequence
 
@@ -92,7 +94,10 @@ def fuse(candidates: pa.Table, config: FusionConfig) -> pa.Table:
         (config.weights.get(s, 1.0) / (config.k + pl.col(f"{s}_rank"))).fill_null(0.0)
         for s in names
     ]
-    out = df.select(USER_ID, ITEM_ID, pl.sum_horizontal(terms).alias(SCORE)).to_arrow()
+    # A left fold, not pl.sum_horizontal: polars sums those columns in an order that depends
+    # on its thread count, so the scores' last bits would depend on the machine.
+    total = functools.reduce(operator.add, terms) if terms else pl.lit(0.0)
+    out = df.select(USER_ID, ITEM_ID, total.alias(SCORE)).to_arrow()
     return out.append_column(SOURCES, sources_column(df, names)).cast(SCORED_SCHEMA)
 
 

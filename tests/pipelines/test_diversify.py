@@ -166,6 +166,24 @@ def test_fusion_is_reciprocal_rank_sum() -> None:
     assert out[0]["sources"] == ["als", "popular"] and out[1]["sources"] == ["popular"]
 
 
+def test_fusion_scores_are_the_same_bits_on_any_number_of_threads() -> None:
+    # Sums in source-column order, as a left fold (a numpy oracle, exact): polars' horizontal
+    # sum would add the columns in an order set by its thread count.
+    rng = np.random.default_rng(7)
+    n, names = 20_000, ["user_pearson", "item_pearson", "als", "popular", "author", "ease"]
+    ranks = {s: np.where(rng.random(n) < 0.6, rng.integers(1, 300, n), 0) for s in names}
+    cand = pa.table({"user_id": [f"u{i % 50}" for i in range(n)],
+                     "item_id": [str(i) for i in range(n)],
+                     **{f"{s}_rank": pa.array(r, pa.int32(), mask=r == 0)
+                        for s, r in ranks.items()}})
+    weights = {"als": 1.5, "popular": 0.5}
+    out = fuse(cand, FusionConfig(k=60, weights=weights))["score"].to_numpy()
+    want = np.zeros(n)
+    for s in names:
+        want = want + np.where(ranks[s] > 0, weights.get(s, 1.0) / (60 + ranks[s]), 0.0)
+    np.testing.assert_array_equal(out, want)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.booleans(), min_size=4, max_size=4), max_size=30))
 def test_sources_column_lists_each_rows_sources_in_order(present: list[list[bool]]) -> None:
