@@ -119,6 +119,12 @@ def source_for(name: str, work: Path) -> dict[str, Any]:
     raise SystemExit(f"unknown data set {name!r}")
 
 
+def cpu_s() -> float:
+    """User + system CPU seconds of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -165,7 +171,8 @@ def reference(run_root: Path, interactions: Any, cfg: Any) -> dict[str, float]:
     return out
 
 
-def child(name: str, work: Path, engine: str, workers: int) -> dict[str, Any]:
+def child(name: str, work: Path, engine: str, workers: int,
+          distributed_min_rows: int | None = None) -> dict[str, Any]:
     """One data set: the nightly job then the reference, in this process."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from pipelines.recommend.config import RunConfig
@@ -176,6 +183,8 @@ def child(name: str, work: Path, engine: str, workers: int) -> dict[str, Any]:
     raw: dict[str, Any] = {"output": {"root": str(root), "cache": True}}
     if src := source_for(name, work):
         raw["source"] = src
+    if distributed_min_rows is not None:
+        raw["ranker"] = {"distributed_min_rows": distributed_min_rows}
     cfg = RunConfig.from_dict(raw)
     eng = None
     client = None
@@ -184,11 +193,16 @@ def child(name: str, work: Path, engine: str, workers: int) -> dict[str, Any]:
 
         client = local_client(workers, 1)
         eng = DaskEngine(client)
-    t = time.perf_counter()
+    workers_cpu = 0.0
+    if client is not None:
+        workers_cpu = -sum(client.run(cpu_s).values())
+    t, cpu = time.perf_counter(), cpu_s()
     res = run_nightly(cfg, engine=eng)
     wall = time.perf_counter() - t
+    driver_cpu = cpu_s() - cpu  # the driver: stages' own work, and the scheduler on a cluster
     rss_flow = peak_rss_mb()
     if client is not None:
+        workers_cpu += sum(client.run(cpu_s).values())
         client.close()
     import pyarrow.parquet as pq
 
@@ -198,9 +212,25 @@ def child(name: str, work: Path, engine: str, workers: int) -> dict[str, Any]:
         res.path / "evaluation.parquet").to_pylist()}
     return {"set": name, "engine": engine, "workers": workers, "wall_s": wall,
             "interactions": interactions.num_rows, "peak_rss_mb_flow": rss_flow,
+            "driver_cpu_s": driver_cpu, "workers_cpu_s": workers_cpu,
             "stages": res.manifest["seconds"], "stage_rss_mb": res.manifest["peak_rss_mb"],
-            "reference": ref,
+            "reference": ref, "recommendations": str(res.path / "recommendations.parquet"),
             "ndcg": {k: ev.get(k) for k in ("lightgbm", "lightgbm+diversity", "als")}}
+
+
+def against(local: Path, r: dict[str, Any]) -> str:
+    """Share of the local run's (user, item) recommendations this run has too, and NDCG."""
+    import pyarrow.parquet as pq
+
+    def pairs(path: Path | str) -> set[tuple[str, str]]:
+        t = pq.read_table(path, columns=["user_id", "item_id"])
+        return set(zip(t["user_id"].to_pylist(), t["item_id"].to_pylist(), strict=True))
+
+    a, b = pairs(local), pairs(r["recommendations"])
+    ev = {x["model"]: x["ndcg_at_10"] for x in pq.read_table(
+        local.parent / "evaluation.parquet").to_pylist()}
+    return (f"list overlap {len(a & b) / max(len(a), 1):.4f}, NDCG@10 lightgbm "
+            f"{r['ndcg']['lightgbm']:.4f} vs {ev['lightgbm']:.4f}")
 
 
 def main() -> None:
@@ -209,19 +239,25 @@ def main() -> None:
     ap.add_argument("--engine", default="local", choices=["local", "dask"])
     ap.add_argument("--workers", default="1", help="dask workers, e.g. 1,2")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "recsys-scale")
+    ap.add_argument("--distributed-min-rows", type=int, default=None,
+                    help="ranker.distributed_min_rows (1: LightGBM trains with lightgbm.dask)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.child:
         name, workers = args.child.split(":")
-        print(json.dumps(child(name, args.work, args.engine, int(workers))))
+        print(json.dumps(child(name, args.work, args.engine, int(workers),
+                               args.distributed_min_rows)))
         return
     results = []
     for name in args.sets.split(","):
         for workers in [int(w) for w in args.workers.split(",")]:
             proc = subprocess.run(
                 [sys.executable, __file__, "--child", f"{name}:{workers}", "--engine",
-                 args.engine, "--work", str(args.work)], capture_output=True, text=True,
+                 args.engine, "--work", str(args.work),
+                 *([] if args.distributed_min_rows is None else
+                   ["--distributed-min-rows", str(args.distributed_min_rows)])],
+                capture_output=True, text=True,
                 env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
             if proc.returncode != 0:
                 print(f"{name}: failed\n{proc.stderr[-3000:]}")
@@ -234,6 +270,7 @@ def main() -> None:
             top = sorted(r["stages"].items(), key=lambda kv: -kv[1])[:6]
             print(f"\n{name} ({r['interactions']:,} interactions, {args.engine} x{workers}): "
                   f"wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb_flow']:.0f} MB")
+            print(f"  CPU: driver {r['driver_cpu_s']:.1f} s, workers {r['workers_cpu_s']:.1f} s")
             print(f"  reference: ALS {ref['als_fit_s']:.1f} s, LightGBM own table "
                   f"{ref.get('lgbm_own_table_s', float('nan')):.1f} s "
                   f"({ref.get('own_table_rows', 0):,.0f} rows), LightGBM 500k random "
@@ -248,6 +285,9 @@ def main() -> None:
                 last = max(last, rss.get(stage, 0.0))
             print("  peak RSS set by: " + ", ".join(rises))
             print(f"  NDCG@10: {r['ndcg']}")
+            local = args.work / f"out-{name}-local-1" / "latest" / "recommendations.parquet"
+            if args.engine == "dask" and local.exists():  # after a --engine local run
+                print("  against the local engine's run: " + against(local, r))
     synth = sorted((r for r in results if r["set"] in SYNTHETIC and r["workers"] == 1),
                    key=lambda r: r["interactions"])
     if len(synth) >= 2:

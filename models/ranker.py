@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,122 @@ class RankerConfig(BaseModel):
     """LightGBM threads (1 is fastest on a busy 2-core machine)."""
 
 
+MAX_BIN = 255
+"""LightGBM's bins per feature: the missing-value bin, one empty bin below the codes, and up to
+253 value bins."""
+LOWEST = float(np.finfo(np.float64).min)
+NAN_LEFT = 2 | (2 << 2)
+"""LightGBM decision_type of a numerical split whose missing values (NaN) go left."""
+
+
+@dataclass(frozen=True)
+class FeatureBins:
+    """Bin edges per feature, fixed from the training rows before LightGBM sees them.
+
+    LightGBM finds each feature's bins on a sample of one machine's own rows, so a distributed
+    fit bins differently from one process, and differently again when the partitions move.
+    Here each value is replaced by its bin's code before training (missing: 0; values: 1 for
+    x <= edges[0], c + 1 for edges[c - 1] < x <= edges[c]), and LightGBM gets the code
+    boundaries c + 0.5 as forced bins: every machine, and one process, bins identically.
+    After training the model is translated back to raw feature values (`raw_model`), so
+    prediction needs no codes.
+    """
+
+    edges: tuple[np.ndarray, ...]  # per feature, increasing float64 upper bounds
+
+    @classmethod
+    def fit(cls, x: np.ndarray, sample: int = 200_000, seed: int = 0) -> FeatureBins:
+        """Edges from (a seeded sample of) rows x (n, f).
+
+        A feature with few distinct values gets a bin for each, others equal-frequency bins.
+        """
+        rows = x
+        if len(x) > sample:
+            rows = x[np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))]
+        most = MAX_BIN - 2
+        edges = []
+        for j in range(x.shape[1]):
+            v = rows[:, j].astype(np.float64)
+            v = v[~np.isnan(v)]
+            d = np.unique(v)
+            if len(d) - 1 <= most:  # midpoints between neighbouring distinct values
+                e = (d[:-1] + d[1:]) / 2
+            else:  # equal-frequency edges at sample values (ties merge)
+                e = np.unique(np.quantile(v, np.linspace(0, 1, most + 2)[1:-1],
+                                          method="lower"))
+            edges.append(e)
+        return cls(tuple(edges))
+
+    def codes(self, x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+        """Rows x (n, f) as bin codes (float32; missing values 0).
+
+        With `inplace` the codes overwrite x (which must then be float32).
+        """
+        out = x if inplace else np.empty(x.shape, np.float32)
+        for j, e in enumerate(self.edges):
+            col = x[:, j]
+            missing = np.isnan(col)
+            out[:, j] = np.searchsorted(e, col, side="left") + 1
+            out[missing, j] = 0
+        return out
+
+    def forced_bins(self) -> str:
+        """LightGBM's `forcedbins_filename` contents: the code boundaries, for every feature.
+
+        Every feature gets all MAX_BIN - 2 boundaries (those above its last code stay empty):
+        LightGBM 4's distributed bin finding reads feature i's forced bins for the i-th
+        feature a machine owns, not for feature i, so only a list shared by all is safe.
+        """
+        bounds = [c + 0.5 for c in range(1, MAX_BIN - 1)]
+        return json.dumps([{"feature": j, "bin_upper_bound": bounds}
+                           for j in range(len(self.edges))])
+
+    def params(self, forced_bins_path: Path | str) -> dict[str, Any]:
+        """LightGBM parameters that make it use exactly these bins."""
+        return {"max_bin": MAX_BIN, "forcedbins_filename": str(forced_bins_path),
+                "feature_pre_filter": False}
+
+    def raw_threshold(self, feature: int, threshold: float) -> float:
+        """The raw-value threshold of a split trained on codes (code <= threshold)."""
+        e = self.edges[feature]
+        if threshold < 1:  # the bin below code 1: only missing values
+            return LOWEST
+        c = round(threshold - 0.5)  # LightGBM may print c + 0.5 a few ulps off
+        if abs(threshold - (c + 0.5)) > 1e-9 or not 1 <= c <= len(e):
+            raise ValueError(f"split threshold {threshold} on feature {feature} is not a code "
+                             "boundary; the model was not trained on these bins")
+        return float(e[c - 1])
+
+    def raw_model(self, model: str) -> str:
+        """A LightGBM model string trained on codes, rewritten to split raw values.
+
+        Each split `code <= c + 0.5` becomes `x <= edges[c - 1]` and the missing-only split
+        `x is NaN`; missing values go left everywhere, as code 0 did. The tree sizes in the
+        header are recomputed.
+        """
+        start, end = model.index("Tree=0\n"), model.index("end of trees")
+        blocks = re.split(r"(?=^Tree=\d+\n)", model[start:end], flags=re.M)
+        trees = [self._raw_tree(b) for b in blocks if b]
+        header = re.sub(r"^tree_sizes=.*$", "tree_sizes=" + " ".join(
+            str(len(t.encode())) for t in trees), model[:start], count=1, flags=re.M)
+        return header + "".join(trees) + model[end:]
+
+    def _raw_tree(self, block: str) -> str:
+        fields = dict(re.findall(r"^(\w+)=(.*)$", block, flags=re.M))
+        if "split_feature" not in fields:  # a single-leaf tree
+            return block
+        feats = [int(f) for f in fields["split_feature"].split()]
+        kinds = [int(k) for k in fields["decision_type"].split()]
+        if any(k & 1 for k in kinds):
+            raise ValueError("categorical splits cannot be translated to raw values")
+        raw = [repr(self.raw_threshold(f, float(t)))
+               for f, t in zip(feats, fields["threshold"].split(), strict=True)]
+        block = re.sub(r"^threshold=.*$", "threshold=" + " ".join(raw), block, count=1,
+                       flags=re.M)
+        return re.sub(r"^decision_type=.*$", "decision_type=" + " ".join(
+            [str(NAN_LEFT)] * len(feats)), block, count=1, flags=re.M)
+
+
 class LambdaRanker:
     """Fit on grouped rows (users), predict a score per row; `fit` returns self."""
 
@@ -60,24 +179,31 @@ class LambdaRanker:
         import lightgbm as lgb
 
         c = self.config
-        params, (xt, yt, gt), (xv, yv, gv) = self.prepare(x, y, groups, features)
-        dtrain = lgb.Dataset(xt, yt, group=gt, feature_name=self.features, free_raw_data=True)
-        dvalid = lgb.Dataset(xv, yv, group=gv, reference=dtrain)
-        self._booster = lgb.train(
-            params, dtrain, num_boost_round=c.epochs, valid_sets=[dvalid],
-            callbacks=[lgb.early_stopping(c.early_stopping, verbose=False)],
-        )
-        self.best_iteration = int(self._booster.best_iteration or c.epochs)
-        return self
+        params, (xt, yt, gt), (xv, yv, gv), bins = self.prepare(x, y, groups, features)
+        with tempfile.TemporaryDirectory(prefix="recsys-bins-") as tmp:
+            forced = Path(tmp) / "forced_bins.json"
+            forced.write_text(bins.forced_bins())
+            params = {**params, **bins.params(forced)}
+            dtrain = lgb.Dataset(xt, yt, group=gt, feature_name=self.features,
+                                 free_raw_data=True)
+            dvalid = lgb.Dataset(xv, yv, group=gv, reference=dtrain)
+            booster = lgb.train(
+                params, dtrain, num_boost_round=c.epochs, valid_sets=[dvalid],
+                callbacks=[lgb.early_stopping(c.early_stopping, verbose=False)],
+            )
+        best = int(booster.best_iteration or c.epochs)
+        return self.set_booster(lgb.Booster(model_str=bins.raw_model(
+            booster.model_to_string(num_iteration=-1))), best)
 
     Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
     def prepare(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, features: list[str]
-                ) -> tuple[dict[str, Any], Arrays, Arrays]:
-        """LightGBM params and the (x, y, group sizes) of the train and validation queries.
+                ) -> tuple[dict[str, Any], Arrays, Arrays, FeatureBins]:
+        """LightGBM params, the train and validation queries (codes, y, group sizes), the bins.
 
-        Groups without a positive are dropped; a seeded share of the rest is held out for
-        early stopping. Shared by the in-process fit and the distributed one.
+        The codes stand for the rows in those bins (see `FeatureBins`). Groups without a
+        positive are dropped; a seeded share of the rest is held out for early stopping; the
+        bins come from the training rows. Shared by the in-process fit and the distributed one.
         """
         c = self.config
         self.features = list(features)
@@ -104,7 +230,10 @@ class LambdaRanker:
             "num_threads": c.threads, "verbose": -1,
         }
         tr, va = is_train[row_group], is_valid[row_group]
-        return (params, (x[tr], y[tr], sizes[is_train]), (x[va], y[va], sizes[is_valid]))
+        xt, xv = x[tr], x[va]  # copies: coded in place
+        bins = FeatureBins.fit(xt, seed=c.seed)
+        return (params, (bins.codes(xt, inplace=True), y[tr], sizes[is_train]),
+                (bins.codes(xv, inplace=True), y[va], sizes[is_valid]), bins)
 
     def set_booster(self, booster: Any, best_iteration: int) -> LambdaRanker:
         """Adopt a booster trained elsewhere (e.g. by LightGBM on a Dask cluster)."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +39,23 @@ class EngineConfig(BaseModel):
 
 
 def local_client(n_workers: int, threads_per_worker: int) -> Any:
-    """A `distributed.Client` on a new LocalCluster of worker processes."""
+    """A `distributed.Client` on a new LocalCluster of worker processes.
+
+    Each worker's own thread pools are sized to its threads: Dask's nanny already sets the
+    BLAS/OpenMP ones (and Arrow reads OMP_NUM_THREADS), polars would otherwise start one
+    thread per core in every worker and the workers would compete for the cores.
+    """
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                           processes=True, dashboard_address=None)
+                           processes=True, dashboard_address=None,
+                           env=worker_environment(threads_per_worker))
     return Client(cluster)
+
+
+def worker_environment(threads: int) -> dict[str, str]:
+    """Environment for a worker process with `threads` task threads (set before it starts)."""
+    return {"POLARS_MAX_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
 
 
 def connect(config: EngineConfig) -> Any:
@@ -64,12 +78,13 @@ _DISTRIBUTED_FIT = threading.Lock()
 worker that the other's network waits on (one thread per worker), and both would hang."""
 
 
-class DaskEngine:
+class ClusterShards:
     """Runs each shard as a Dask task; the shared inputs are broadcast to every worker once.
 
     Workers write their parts straight into the run's staging folder, so every worker must
     see the output root (a shared file system). A worker that dies fails the stage: the run
-    is not published and the rerun reuses every finished stage from the cache.
+    is not published and the rerun reuses every finished stage from the cache. Used from the
+    driver, or from inside a stage's task on a worker (see `DaskEngine.run_whole`).
     """
 
     def __init__(self, client: Any) -> None:
@@ -86,16 +101,15 @@ class DaskEngine:
             return []
         # A fresh key per stage: a fixed key could still name the previous stage's data on a
         # worker while its release is in flight, and the shard would get the wrong inputs.
+        # From a task, scatter keeps the data in this worker's memory and copies it to the
+        # others worker to worker: the driver never holds or forwards it.
         [data] = self.client.scatter([shared], broadcast=True, hash=False)
         futures = self.client.map(fn, [data] * len(paths), list(range(len(paths))),
                                   list(paths), pure=False)
-        rows = [int(r) for r in self.client.gather(futures)]
+        with _seceded():
+            rows = [int(r) for r in self.client.gather(futures)]
         del data
         return rows
-
-    def run_whole(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) as one task on a worker (a stage without shard work); waits for it."""
-        return self.client.submit(fn, *args, pure=False).result()
 
     def fit_ranker(self, ranker: Any, x: Any, y: Any, groups: Any, features: list[str]) -> Any:
         """Train a LambdaRanker with `lightgbm.dask.DaskLGBMRanker`, partitioned by query.
@@ -111,10 +125,11 @@ class DaskEngine:
     def _fit_ranker(self, ranker: Any, x: Any, y: Any, groups: Any, features: list[str]
                     ) -> Any:
         import dask.array as da
+        import lightgbm as lgb
         import numpy as np
         from lightgbm.dask import DaskLGBMRanker
 
-        params, (xt, yt, gt), (xv, yv, gv) = ranker.prepare(x, y, groups, features)
+        params, (xt, yt, gt), (xv, yv, gv), bins = ranker.prepare(x, y, groups, features)
         n_parts = max(1, min(len(self.client.scheduler_info()["workers"]), len(gt)))
 
         def by_query(x_: Any, y_: Any, g_: Any, parts: int) -> tuple[Any, Any, Any]:
@@ -124,15 +139,28 @@ class DaskEngine:
                     da.from_array(y_, chunks=(rows,)),
                     da.from_array(g_, chunks=(tuple(len(c) for c in cut),)))
 
+        def copies(a: Any) -> Any:  # one whole copy per training partition
+            whole = da.from_array(a, chunks=a.shape)
+            return da.concatenate([whole] * n_parts)
+
         dx, dy, dg = by_query(xt, yt, gt, n_parts)
-        # Every worker gets a share of the validation queries: the model comes back from one
-        # worker, and one without validation data would return no curve to stop on.
-        vx, vy, vg = by_query(xv, yv, gv, max(1, min(n_parts, len(gv))))
-        params = {k: v for k, v in params.items() if k not in ("metric", "verbose")}
-        model = DaskLGBMRanker(client=self.client, n_estimators=ranker.config.epochs,
-                               verbose=-1, **params)
-        model.fit(dx, dy, group=dg, eval_set=[(vx, vy)], eval_group=[vg],
-                  eval_at=[ranker.config.eval_at], eval_metric="ndcg")
+        # LightGBM computes the validation metric on each worker's own eval rows (it does not
+        # sum it over the network), and the model comes back from one worker: each training
+        # partition gets the whole validation set, so every worker's curve is the one the
+        # in-process fit sees (a worker with several copies averages the same queries).
+        vx, vy, vg = copies(xv), copies(yv), copies(gv)
+        # The same forced bins file on every worker (the codes' boundaries, `FeatureBins`).
+        forced = Path(tempfile.gettempdir()) / f"recsys-forced-bins-{uuid.uuid4().hex}.json"
+        self.client.run(_write_text, str(forced), bins.forced_bins())
+        params = {k: v for k, v in {**params, **bins.params(forced)}.items()
+                  if k not in ("metric", "verbose")}
+        try:
+            model = DaskLGBMRanker(client=self.client, n_estimators=ranker.config.epochs,
+                                   verbose=-1, **params)
+            model.fit(dx, dy, group=dg, eval_set=[(vx, vy)], eval_group=[vg],
+                      eval_at=[ranker.config.eval_at], eval_metric="ndcg")
+        finally:
+            self.client.run(_remove, str(forced))
         local = model.to_local()
         curves = getattr(model, "evals_result_", None) or getattr(local, "evals_result_", {})
         scores = [v for curve in curves.values() for v in curve.values()][:1]
@@ -141,7 +169,56 @@ class DaskEngine:
         best = early_stopping_iteration(scores[0], ranker.config.early_stopping)
         log.info("distributed ranker: %d rows in %d partitions, best iteration %d",
                  len(yt), n_parts, best)
-        return ranker.set_booster(local.booster_, best)
+        return ranker.set_booster(lgb.Booster(model_str=bins.raw_model(
+            local.booster_.model_to_string(num_iteration=-1))), best)
+
+
+class DaskEngine(ClusterShards):
+    """The driver's engine: shard stages on the cluster, and whole stages on one worker."""
+
+    def run_whole(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args, engine=<the cluster, seen from the worker>) as one task; waits for it.
+
+        A stage that fans out shards does it from its task through the worker's own client,
+        so its shared context is built, and broadcast, on the cluster instead of the driver.
+        """
+        return self.client.submit(_on_a_worker, fn, *args, pure=False).result()
+
+
+def _on_a_worker(fn: Callable[..., Any], *args: Any) -> Any:
+    from distributed import get_client
+
+    return fn(*args, engine=ClusterShards(get_client()))
+
+
+@contextmanager
+def _seceded() -> Iterator[None]:
+    """Within a task: leave the worker's thread pool while waiting on other tasks.
+
+    The stage's task then holds no thread while its shards run (one thread per worker would
+    otherwise deadlock), and rejoins, waiting for a free thread, to finish its own work.
+    """
+    from distributed import get_worker, rejoin, secede
+
+    try:
+        get_worker()
+    except ValueError:  # on the driver
+        yield
+        return
+    secede()
+    try:
+        yield
+    finally:
+        rejoin()
+
+
+def _write_text(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def _remove(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
 
 
 def early_stopping_iteration(curve: Sequence[float], patience: int) -> int:

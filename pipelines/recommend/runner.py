@@ -112,26 +112,31 @@ class StageReport:
     one that set the run's peak; tasks on other processes report their own)."""
 
 
-WHOLE_ON_A_WORKER = frozenset({"split", "als"})
-"""Stage kinds without shard work: on a cluster each runs whole as one task on a worker, so
-independent ones (the histories' ALS fits) run side by side instead of on the driver."""
+ON_THE_DRIVER = frozenset({"ingest"})
+"""Stage kinds a cluster runs on the driver: ingest reads the source where the flow runs.
+Every other stage runs whole as one task on a worker (its shard work fans out from there),
+so the driver only schedules, and independent stages keep several workers busy."""
 
 
 def on_one_worker(stage: Stage, folder: Path, cfg: RunConfig) -> bool:
-    """Whether a cluster runs this stage as one task (a ranker below the distributed size too)."""
+    """Whether a cluster runs this stage as one task on a worker (not a distributed ranker).
+
+    A ranker with `ranker.distributed_min_rows` training rows or more trains with
+    `lightgbm.dask` from the driver: its tasks need every worker's thread at once.
+    """
     if stage.kind == "ranker":
         rows = sum(pq.read_metadata(p).num_rows for name in stage.reads
                    for p in part_paths(folder, name) if p.exists())
         return rows < cfg.ranker.distributed_min_rows
-    return stage.kind in WHOLE_ON_A_WORKER
+    return stage.kind not in ON_THE_DRIVER
 
 
 def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine | None = None,
             key: str | None = None) -> StageReport:
     """Run one stage over the run folder, or restore it from a verified cache entry.
 
-    On an engine that runs whole stages remotely (Dask), a stage without shard work goes to
-    one worker as a single task, cache check included; the others fan their shards out.
+    On an engine that runs whole stages remotely (Dask), the stage goes to one worker as a
+    single task, cache check included, and fans its shards out from there.
     """
     run_whole = getattr(engine, "run_whole", None)
     if run_whole is not None and on_one_worker(stage, folder, cfg):
@@ -139,8 +144,9 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
         # the output root as the driver sees it (a worker has its own working directory).
         here = cfg.model_copy(update={"output": cfg.output.model_copy(
             update={"root": cfg.output.root.resolve()})})
-        report: StageReport = run_whole(execute, p, stage, folder.resolve(), here, None,
-                                        key or stage_key(p, stage, cfg))
+        report: StageReport = run_whole(
+            functools.partial(execute, key=key or stage_key(p, stage, cfg)),
+            p, stage, folder.resolve(), here)
         log.info("stage %s: %s on a worker in %.2f s%s", stage.name, report.rows,
                  report.seconds, " (cache)" if report.cached else "")
         return report

@@ -1,12 +1,18 @@
-"""LambdaRanker: learns a planted signal, round-trips, refuses to predict unfitted."""
+"""LambdaRanker: learns a planted signal, round-trips, fixed bins, refuses to predict unfitted."""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.errors import NotFittedError
-from models.ranker import LambdaRanker, RankerConfig
+from models.ranker import FeatureBins, LambdaRanker, RankerConfig
 
 
 def planted(seed: int = 0, users: int = 200, per_user: int = 30
@@ -48,3 +54,61 @@ def test_round_trip_and_not_fitted() -> None:
     assert again.features == ["a", "b", "c"]
     with pytest.raises(NotFittedError):
         LambdaRanker(RankerConfig()).predict(x)
+
+
+def test_fixed_bins_known_answer() -> None:
+    x = np.array([[0.0, 5.0], [1.0, 5.0], [1.0, np.nan], [2.0, 5.0], [np.nan, 5.0]],
+                 dtype=np.float32)
+    bins = FeatureBins.fit(x)
+    np.testing.assert_array_equal(bins.edges[0], [0.5, 1.5])
+    assert len(bins.edges[1]) == 0  # one distinct value: one bin
+    np.testing.assert_array_equal(bins.codes(x), [[1, 1], [2, 1], [2, 0], [3, 1], [0, 1]])
+    # Unseen values land in the bin their edges put them in.
+    np.testing.assert_array_equal(bins.codes(np.array([[-3.0, 7.0], [0.7, 1.0], [9.0, 5.0]],
+                                                      dtype=np.float32))[:, 0], [1, 2, 3])
+    forced = json.loads(bins.forced_bins())
+    every = [c + 0.5 for c in range(1, 254)]  # codes 1..254: the same for every feature
+    assert forced == [{"feature": 0, "bin_upper_bound": every},
+                      {"feature": 1, "bin_upper_bound": every}]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, width=32) | st.just(float("nan")), min_size=1,
+                max_size=400), st.integers(0, 2**16))
+def test_a_code_boundary_is_a_raw_threshold(values: list[float], seed: int) -> None:
+    col = np.array(values, dtype=np.float32)[:, None]
+    bins = FeatureBins.fit(col, sample=200, seed=seed)
+    codes = bins.codes(col)[:, 0]
+    finite = ~np.isnan(col[:, 0])
+    assert (codes[~finite] == 0).all() and (codes[finite] >= 1).all()
+    for c in range(1, len(bins.edges[0]) + 1):  # code <= c  <=>  x <= the raw threshold
+        raw = bins.raw_threshold(0, c + 0.5)
+        np.testing.assert_array_equal(codes[finite] <= c, col[finite, 0] <= raw)
+    assert bins.raw_threshold(0, 1e-35) < col[finite, 0].astype(np.float64).min(initial=np.inf)
+    assert len(bins.edges[0]) <= 253
+
+
+def test_the_raw_model_scores_raw_rows_as_the_coded_model_scores_codes() -> None:
+    import lightgbm as lgb
+
+    x, y, groups = planted(users=120)
+    rng = np.random.default_rng(5)
+    x[rng.random(x.shape) < 0.1] = np.nan  # missing values go where code 0 went
+    cfg = RankerConfig(epochs=40, min_data_in_leaf=5)
+    params, (xt, yt, gt), _, bins = LambdaRanker(cfg).prepare(x, y, groups, ["a", "b", "c"])
+    with tempfile.TemporaryDirectory() as tmp:
+        forced = Path(tmp) / "bins.json"
+        forced.write_text(bins.forced_bins())
+        coded = lgb.train({**params, **bins.params(forced)}, lgb.Dataset(xt, yt, group=gt),
+                          num_boost_round=40)
+    raw = lgb.Booster(model_str=bins.raw_model(coded.model_to_string()))
+    # New rows too: values between the training values and outside their range.
+    fresh = np.concatenate([x, rng.normal(scale=3, size=(500, 3)).astype(np.float32)])
+    fresh[rng.random(fresh.shape) < 0.05] = np.nan
+    np.testing.assert_array_equal(raw.predict(fresh), coded.predict(bins.codes(fresh)))
+
+
+def test_a_split_off_the_code_boundaries_is_refused() -> None:
+    bins = FeatureBins((np.array([0.5, 1.5]),))
+    with pytest.raises(ValueError, match="not a code boundary"):
+        bins.raw_threshold(0, 1.75)
