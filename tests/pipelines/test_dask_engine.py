@@ -115,15 +115,15 @@ def test_distributed_lightgbm_ranker_stays_close_to_the_local_one(client: Any,
             .to_pylist()}
     ev_b = {r["model"]: r["ndcg_at_10"] for r in pq.read_table(dask.path / "evaluation.parquet")
             .to_pylist()}
-    # Distributed LightGBM bins features per worker and Dask places the partitions anew each
-    # run, so on 400 users the trees (and lists) vary from run to run: measured here list
-    # overlap 0.26-1.0 and NDCG@10 0.76-1.0x the local ranker's. The distributed ranker must
-    # still learn what the local one learns: far above every non-learned baseline (~0.01 on
-    # this planted data, where a ranker that learned nothing would land).
+    # Both fits use the same fixed bins and the whole validation set on every worker, but
+    # LightGBM's data-parallel arithmetic (summed histograms, leaf sizes estimated from summed
+    # hessians) can flip a split at the min_data_in_leaf boundary, and which split depends on
+    # where Dask puts the partitions. Measured here on 400 users: list overlap 0.66-1.0 and
+    # NDCG@10 0.965-1.0x the local ranker's (before the fixed bins: 0.26-1.0 and 0.76-1.0x).
     print(f"list overlap {overlap:.3f}, ndcg local {ev_a['lightgbm']:.4f} dask "
           f"{ev_b['lightgbm']:.4f}")
     baselines = max(v for k, v in ev_a.items() if not k.startswith("lightgbm"))
-    assert ev_b["lightgbm"] >= 0.7 * ev_a["lightgbm"]
+    assert ev_b["lightgbm"] >= 0.9 * ev_a["lightgbm"]
     assert ev_b["lightgbm"] >= 5 * baselines
 
 
