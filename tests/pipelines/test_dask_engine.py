@@ -48,6 +48,43 @@ def test_dask_engine_equals_local_engine(client: Any, tmp_path: Path) -> None:
         assert published(dask.path, name).equals(published(local.path, name)), name
 
 
+def test_every_stage_but_ingest_runs_on_a_worker(client: Any, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="pipelines.recommend.runner"):
+        res = run_nightly(cfg_at(tmp_path, "where"), engine=DaskEngine(client))
+    remote = {r.getMessage().split(":")[0].removeprefix("stage ") for r in caplog.records
+              if " on a worker in " in r.getMessage()}
+    assert remote == {r.stage for r in res.reports} - {"ingest"}
+    # Workers' polars and Arrow pools have the worker's one thread.
+    pools = client.run(lambda: (__import__("polars").thread_pool_size(),
+                                __import__("pyarrow").cpu_count()))
+    assert set(pools.values()) == {(1, 1)}
+
+
+def test_one_single_thread_worker_runs_a_whole_night_without_deadlock(tmp_path: Path) -> None:
+    # Three stages at once share one thread: a stage's task must leave the thread pool while
+    # its shards run, or the first shard would wait for it forever.
+    one = local_client(1, 1)
+    outcome: dict[str, Any] = {}
+
+    def night() -> None:
+        outcome["result"] = run_nightly(cfg_at(tmp_path, "one"), engine=DaskEngine(one))
+
+    try:
+        thread = threading.Thread(target=night, daemon=True)
+        thread.start()
+        thread.join(timeout=240)
+        assert not thread.is_alive(), "the night hung on a single-thread worker"
+        local = run_nightly(cfg_at(tmp_path, "local"))
+        assert published(outcome["result"].path, "recommendations").equals(
+            published(local.path, "recommendations"))
+    finally:
+        one.close()
+        one.cluster.close()
+
+
 def test_killed_worker_never_publishes_partial_output(client: Any, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     good = run_nightly(cfg_at(tmp_path, "out", ranking="fusion",
