@@ -144,6 +144,12 @@ class FeatureBins:
             str(len(t.encode())) for t in trees), model[:start], count=1, flags=re.M)
         return header + "".join(trees) + model[end:]
 
+    def raw_booster(self, booster: Any) -> Any:
+        """A LightGBM Booster trained on codes, as a Booster that splits raw values."""
+        import lightgbm as lgb
+
+        return lgb.Booster(model_str=self.raw_model(booster.model_to_string(num_iteration=-1)))
+
     def _raw_tree(self, block: str) -> str:
         fields = dict(re.findall(r"^(\w+)=(.*)$", block, flags=re.M))
         if "split_feature" not in fields:  # a single-leaf tree
@@ -192,8 +198,7 @@ class LambdaRanker:
                 callbacks=[lgb.early_stopping(c.early_stopping, verbose=False)],
             )
         best = int(booster.best_iteration or c.epochs)
-        return self.set_booster(lgb.Booster(model_str=bins.raw_model(
-            booster.model_to_string(num_iteration=-1))), best)
+        return self.set_booster(bins.raw_booster(booster), best)
 
     Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 

@@ -125,7 +125,6 @@ class ClusterShards:
     def _fit_ranker(self, ranker: Any, x: Any, y: Any, groups: Any, features: list[str]
                     ) -> Any:
         import dask.array as da
-        import lightgbm as lgb
         import numpy as np
         from lightgbm.dask import DaskLGBMRanker
 
@@ -169,8 +168,7 @@ class ClusterShards:
         best = early_stopping_iteration(scores[0], ranker.config.early_stopping)
         log.info("distributed ranker: %d rows in %d partitions, best iteration %d",
                  len(yt), n_parts, best)
-        return ranker.set_booster(lgb.Booster(model_str=bins.raw_model(
-            local.booster_.model_to_string(num_iteration=-1))), best)
+        return ranker.set_booster(bins.raw_booster(local.booster_), best)
 
 
 class DaskEngine(ClusterShards):
