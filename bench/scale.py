@@ -152,16 +152,21 @@ def reference(run_root: Path, interactions: Any, cfg: Any) -> dict[str, float]:
     t = time.perf_counter()
     lgb.train(params, lgb.Dataset(x, y, group=[100] * 5000), num_boost_round=100)
     out["lgbm_random_500k_s"] = time.perf_counter() - t
+    from pipelines.recommend.stages import plan
     from pipelines.recommend.tables import WORK
 
-    parts = Path("train_rows@h1", "*", WORK, "h1", "train_rows.parts", "*.parquet")
-    own = sorted((run_root / "cache").glob(str(parts)))
+    # The serving ranker's whole training table: the train_rows of every cut-off it reads.
+    ranker = next((s for s in plan(cfg).stages if s.name == "ranker"), None)
+    cuts = [t.split("/")[0] for t in ranker.reads] if ranker is not None else []
+    own = sorted(p for h in cuts for p in (run_root / "cache").glob(
+        str(Path(f"train_rows@{h}", "*", WORK, h, "train_rows.parts", "*.parquet"))))
     if own:
-        frame = pl.concat([pl.read_parquet(p) for p in own], how="diagonal_relaxed")
+        frame = pl.concat([pl.read_parquet(p).with_columns(pl.lit(p.parts[-3]).alias("_cut"))
+                           for p in own], how="diagonal_relaxed")
         if frame.height:
-            frame = frame.sort("user_id")
-            cols = [c for c in frame.columns if c not in ("user_id", "item_id", "label")]
-            groups = frame.group_by("user_id", maintain_order=True).len()["len"].to_list()
+            frame = frame.sort("_cut", "user_id")
+            cols = [c for c in frame.columns if c not in ("_cut", "user_id", "item_id", "label")]
+            groups = frame.group_by("_cut", "user_id", maintain_order=True).len()["len"].to_list()
             t = time.perf_counter()
             lgb.train(params, lgb.Dataset(frame.select(cols).to_numpy().astype(np.float32),
                                           frame["label"].to_numpy(), group=groups),

@@ -35,6 +35,9 @@ def _top_n(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, position: np.
         idx = by_row[starts[r]:starts[r + 1]]
         if len(idx) == 0:
             continue
+        if len(idx) > n:  # the n best all score >= the n-th best score: sort only those
+            s = scores[idx]
+            idx = idx[s >= -np.partition(-s, n - 1)[n - 1]]
         # Score desc, ties by popularity position asc: a stable sort by position, then score.
         idx = idx[np.argsort(position[cols[idx]], kind="mergesort")]
         idx = idx[np.argsort(-scores[idx], kind="mergesort")]

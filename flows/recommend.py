@@ -21,7 +21,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from features.errors import RecsysError
 from pipelines.recommend.config import RunConfig
-from pipelines.recommend.runner import RunResult, StageReport, execute, run_with
+from pipelines.recommend.engine import LOCAL_THREADS
+from pipelines.recommend.runner import (
+    RunResult,
+    StageReport,
+    execute,
+    run_with,
+    stages_at_once,
+)
 from pipelines.recommend.stages import Plan, plan
 from pipelines.store import RunFolder
 
@@ -155,17 +162,9 @@ def _run(cfg: RunConfig, run_id: str | None, evaluate_only: bool) -> dict[str, o
             "stages": [r.__dict__ for r in result.reports]}
 
 
-STAGE_THREADS = 2
-"""Stage tasks at once in one process (the decorated flows, and so `recsys serve`)."""
-
-
 def with_stage_threads(fl: Flow[..., Any], cfg: RunConfig) -> Flow[..., Any]:
-    """The flow with `engine.concurrent_stages` task threads on a cluster, else STAGE_THREADS.
-
-    On a cluster the workers do the work; in one process more threads only share its cores.
-    """
-    threads = cfg.engine.concurrent_stages if cfg.engine.kind == "dask" else STAGE_THREADS
-    return fl.with_options(task_runner=ThreadPoolTaskRunner(max_workers=threads))
+    """The flow with as many task threads as the config runs stages at once."""
+    return fl.with_options(task_runner=ThreadPoolTaskRunner(max_workers=stages_at_once(cfg)))
 
 
 def _run_name() -> str:
@@ -176,7 +175,7 @@ def _run_name() -> str:
 
 
 @flow(name="nightly-recommendations", log_prints=True, flow_run_name=_run_name,
-      task_runner=ThreadPoolTaskRunner(max_workers=STAGE_THREADS))
+      task_runner=ThreadPoolTaskRunner(max_workers=LOCAL_THREADS))
 def nightly_recommendations(config_path: Path | None = None, run_id: str | None = None,
                             config: RunConfig | None = None, preset: str | None = None,
                             data: Path | None = None, output: Path | None = None,
@@ -195,7 +194,7 @@ def nightly_recommendations(config_path: Path | None = None, run_id: str | None 
 
 
 @flow(name="offline-evaluation", log_prints=True, flow_run_name=_run_name,
-      task_runner=ThreadPoolTaskRunner(max_workers=STAGE_THREADS))
+      task_runner=ThreadPoolTaskRunner(max_workers=LOCAL_THREADS))
 def offline_evaluation(config: RunConfig | None = None, run_id: str | None = None,
                        config_path: Path | None = None, preset: str | None = None,
                        data: Path | None = None, output: Path | None = None,

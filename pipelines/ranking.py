@@ -132,22 +132,24 @@ def fit_on(frames: list[pl.DataFrame], ranking: RankingConfig, engine: object = 
         keep = users.sample(n=min(ranking.max_train_users, len(users)),
                             seed=ranking.model.seed).implode()
         frames[:] = [f.filter(pl.col(USER_ID).is_in(keep)) for f in frames]
-    # Columns in order of first appearance (a frame without one has nulls there); the rows
-    # go to the float32 matrix frame by frame, then into (cutoff, user, item) order, so the
-    # wide rows never exist twice as float64 columns.
+    # Columns in order of first appearance (a frame without one has nulls there); each frame's
+    # rows go into the float32 matrix at their (cutoff, user, item) positions, so the wide rows
+    # exist once as columns (shrinking) and once as the matrix (growing), never more.
     cols = feature_names(c for c in dict.fromkeys(c for f in frames for c in f.columns)
                          if c != CUTOFF)
     keys = pl.concat([f.select(CUTOFF, USER_ID, ITEM_ID, "label") for f in frames])
-    blocks = []
-    while frames:
-        f = frames.pop(0)
-        blocks.append(f.select([pl.col(c).cast(pl.Float32) if c in f.columns
-                                else pl.lit(None, pl.Float32).alias(c) for c in cols]
-                               ).to_numpy(order="c"))  # (rows, features)
     order = keys.with_row_index("_i").sort([CUTOFF, USER_ID, ITEM_ID])
-    idx = order["_i"].to_numpy()
-    x = np.concatenate(blocks)[idx] if blocks else np.zeros((0, len(cols)), np.float32)
-    del blocks
+    at = np.empty(len(order), np.int64)  # at[input row] = its row in (cutoff, user, item) order
+    at[order["_i"].to_numpy()] = np.arange(len(order))
+    x = np.empty((len(order), len(cols)), np.float32)  # (rows, features)
+    start_row = 0
+    while frames:  # each frame straight into its rows of x, then dropped
+        f = frames.pop(0)
+        x[at[start_row:start_row + f.height]] = f.select(
+            [pl.col(c).cast(pl.Float32) if c in f.columns else pl.lit(None, pl.Float32).alias(c)
+             for c in cols]).to_numpy(order="c")
+        start_row += f.height
+        del f
     y = order["label"].to_numpy().astype(np.float32)
     g = order.select(pl.struct([CUTOFF, USER_ID]).rank("dense").alias("_g"))["_g"].to_numpy()
     del order, keys

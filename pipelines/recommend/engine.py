@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,17 +23,30 @@ class Engine(Protocol):
         ...
 
 
+LOCAL_THREADS = 2
+"""Stages at once, and shards at once within a stage, in one process (the flows' task
+threads and `run_nightly`): the heavy work (ALS, LightGBM, the compiled kernels, polars,
+Parquet) releases the GIL, so two threads keep two cores busy."""
+
+
 class LocalEngine:
-    """Shards one after another in this process (the default; memory = one shard)."""
+    """Shards in this process, `threads` at a time (memory = that many shards)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = max(1, threads)
 
     def map_shards(self, fn: ShardFn, shared: Any, paths: Sequence[Path]) -> list[int]:
-        """Run the shards in order, logging each one's progress."""
-        rows = []
+        """Run every shard, logging each one's progress; the rows each wrote, in shard order."""
+        name = fn.__name__.strip("_").removesuffix("_shard")
         start = time.perf_counter()
-        for i, p in enumerate(paths):
-            rows.append(fn(shared, i, p))
+
+        def one(i: int) -> int:
+            rows = fn(shared, i, paths[i])
             if len(paths) > 1:
-                log.info("%s: shard %d/%d done (%d rows, %.1f s so far)",
-                         fn.__name__.strip("_").removesuffix("_shard"), i + 1, len(paths),
-                         rows[-1], time.perf_counter() - start)
-        return rows
+                log.info("%s: shard %d/%d done (%d rows, %.1f s so far)", name, i + 1,
+                         len(paths), rows, time.perf_counter() - start)
+            return rows
+        if self.threads == 1 or len(paths) <= 1:
+            return [one(i) for i in range(len(paths))]
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="shard") as pool:
+            return list(pool.map(one, range(len(paths))))

@@ -20,10 +20,10 @@ from pipelines import diversify as div
 from pipelines import ingest, offline
 from pipelines.neighbours import neighbours_schema
 from pipelines.recommend.config import RunConfig
-from pipelines.recommend.engine import Engine, LocalEngine
+from pipelines.recommend.engine import LOCAL_THREADS, Engine, LocalEngine
 from pipelines.recommend.stages import RECOMMENDATIONS_SCHEMA, RUN_ID, Plan, published_tables
 from pipelines.recommend.tables import WORK, parts_dir, table_path
-from pipelines.store import MANIFEST, RunFolder, write_parquet_atomic
+from pipelines.store import MANIFEST, RunFolder, parquet_options, write_parquet_atomic
 
 if TYPE_CHECKING:
     from pipelines.recommend.runner import StageReport
@@ -104,7 +104,7 @@ def combine_parts(folder: Path, name: str, run_id: str | None = None) -> None:
         pa.field(RUN_ID, pa.string(), nullable=False))
     target = table_path(folder, name)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.combine.tmp")
-    with pq.ParquetWriter(tmp, out_schema, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, out_schema, **parquet_options(out_schema)) as writer:
         for part in parts:
             table = pq.read_table(part).cast(schema)
             if run_id is not None:
@@ -125,7 +125,7 @@ def add_run_id(path: Path, run_id: str) -> None:
     source = pq.ParquetFile(path)
     schema = source.schema_arrow.append(pa.field(RUN_ID, pa.string(), nullable=False))
     tmp = path.with_name(f".{path.name}.run_id.tmp")
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, schema, **parquet_options(schema)) as writer:
         if source.metadata.num_row_groups == 0:
             writer.write_table(schema.empty_table())
         for g in range(source.metadata.num_row_groups):
@@ -159,7 +159,7 @@ def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any], engine: Engine |
     """
     folder = run.staging
     names = published_tables(p)
-    (engine or LocalEngine()).map_shards(
+    (engine or LocalEngine(LOCAL_THREADS)).map_shards(
         _publishable, (folder, names, run.run_id), [table_path(folder, n) for n in names])
     shutil.rmtree(folder / WORK, ignore_errors=True)
     for name in names:

@@ -26,7 +26,7 @@ from features.errors import ConfigError
 from pipelines.recommend import cache as stage_cache
 from pipelines.recommend import manifest as mf
 from pipelines.recommend.config import RunConfig, section
-from pipelines.recommend.engine import Engine, LocalEngine
+from pipelines.recommend.engine import LOCAL_THREADS, Engine, LocalEngine
 from pipelines.recommend.report import write_report
 from pipelines.recommend.stages import Plan, Stage, plan
 from pipelines.recommend.tables import StageIO, part_paths
@@ -158,7 +158,7 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
         return StageReport(stage.name, hit["rows"], round(time.perf_counter() - start, 3),
                            cached=True, info=hit["info"], peak_rss_mb=peak_rss_mb())
     log.info("stage %s: started on %s", stage.name, input_sizes(folder, stage) or "no tables")
-    io = StageIO(folder, engine or LocalEngine())
+    io = StageIO(folder, engine or LocalEngine(LOCAL_THREADS))
     info = stage.fn(io, cfg)
     release_free_memory()
     fault_point(stage.name)  # crash tests kill the process here, after the stage's files
@@ -233,9 +233,9 @@ Runner = Callable[[Plan, RunFolder], list[StageReport]]
 """Runs every stage of a plan, in dependency order, and returns their reports in plan order."""
 
 
-def sequential(call: Call) -> Runner:
-    """Run the plan's stages one after another through `call`."""
-    return lambda p, run: [call(s, run) for s in p.stages]
+def stages_at_once(cfg: RunConfig) -> int:
+    """`engine.concurrent_stages` on a cluster, else LOCAL_THREADS."""
+    return cfg.engine.concurrent_stages if cfg.engine.kind == "dask" else LOCAL_THREADS
 
 
 def concurrent(call: Call, at_once: int) -> Runner:
@@ -277,7 +277,7 @@ def concurrent(call: Call, at_once: int) -> Runner:
 
 def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: bool = False,
                 engine: Engine | None = None) -> RunResult:
-    """Run every stage in order and publish, without Prefect (tests, scripts, debugging).
+    """Run the stages, LOCAL_THREADS at once, and publish, without Prefect (tests, scripts).
 
     With `engine.kind = "dask"` and no `engine` given, shard work goes to the configured
     cluster (a LocalCluster started and stopped here when no address is set).
@@ -293,8 +293,8 @@ def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: boo
 
     def call(stage: Stage, run: RunFolder) -> StageReport:
         return execute(p, stage, run.staging, cfg, engine)
-    runner = (concurrent(call, cfg.engine.concurrent_stages)
-              if hasattr(engine, "run_whole") else sequential(call))
+    at_once = cfg.engine.concurrent_stages if hasattr(engine, "run_whole") else LOCAL_THREADS
+    runner = concurrent(call, at_once)
     try:
         return run_with(cfg, run_id, runner, evaluate_only=evaluate_only, engine=engine)
     finally:
