@@ -157,7 +157,10 @@ def fit_on(frames: list[pl.DataFrame], ranking: RankingConfig, engine: object = 
     if fit_remote is not None and len(y) >= ranking.distributed_min_rows:
         ranker = fit_remote(LambdaRanker(ranking.model), x, y, g, cols)
     else:
-        ranker = LambdaRanker(ranking.model).fit(x, y, g, cols)
+        model = LambdaRanker(ranking.model)
+        prepared = [*model.prepare(x, y, g, cols)]
+        del x  # the codes in `prepared` are all that training needs
+        ranker = model.fit_prepared(prepared)
     log.info("ranker: %d rows, %d positives, %d rounds, %.1f s", len(y), int(y.sum()),
              ranker.best_iteration, time.perf_counter() - start)
     return ranker

@@ -238,6 +238,18 @@ def stages_at_once(cfg: RunConfig) -> int:
     return cfg.engine.concurrent_stages if cfg.engine.kind == "dask" else LOCAL_THREADS
 
 
+def chain_lengths(p: Plan) -> dict[str, int]:
+    """Per stage, the most stages on a path from it to the end of the night (itself included)."""
+    below: dict[str, list[str]] = {s.name: [] for s in p.stages}
+    for s in p.stages:
+        for u in p.upstream(s):
+            below[u.name].append(s.name)
+    out: dict[str, int] = {}
+    for s in reversed(p.stages):  # a plan lists every stage after its inputs' stages
+        out[s.name] = 1 + max((out[d] for d in below[s.name]), default=0)
+    return out
+
+
 def concurrent(call: Call, at_once: int) -> Runner:
     """Run each stage once its upstream stages are done, up to `at_once` stages side by side.
 
@@ -247,7 +259,10 @@ def concurrent(call: Call, at_once: int) -> Runner:
     """
     def run(p: Plan, folder: RunFolder) -> list[StageReport]:
         done: dict[str, StageReport] = {}
-        waiting = list(p.stages)
+        # Longest chain first: the deepest cut-off's stages lead to the evaluation ranker,
+        # which is the night's longest path; ties keep the plan's order (stable sort).
+        depth = chain_lengths(p)
+        waiting = sorted(p.stages, key=lambda s: -depth[s.name])
         running: dict[Future[StageReport], Stage] = {}
         pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stage")
         try:
