@@ -33,6 +33,9 @@ class HistoryStats:
     event_keys: np.ndarray  # sorted item_code * 2^36 + epoch second, one per interaction
     user_factors: FactorIndex
     item_factors: FactorIndex
+    item_table: pl.DataFrame  # one row per item: item_stats' columns, author_id, _irow
+
+
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,15 @@ def history_stats(history: pa.Table, items: pa.Table, user_factors: pa.Table,
         ev = hist.select(ITEM_ID, pl.col(TS).dt.epoch("s").alias("_t")).join(item_code,
                                                                                on=ITEM_ID)
         keys = np.sort(ev["_code"].to_numpy() * SHIFT + ev["_t"].to_numpy())
+    authors = _df(items.select([ITEM_ID, AUTHOR_ID]))
+    item_index = FactorIndex.of(item_factors, ITEM_ID)
+    # Every item-level column in one table, so each candidate row needs one join for them.
+    item_table = (item_stats.join(authors, on=ITEM_ID, how="full", coalesce=True)
+                  .join(item_index.index.rename({"_row": "_irow"}), on=ITEM_ID, how="full",
+                        coalesce=True))
     return HistoryStats(
-        item_stats, _df(items.select([ITEM_ID, AUTHOR_ID])), has_ts, t_max, recent_days,
-        item_code, keys, FactorIndex.of(user_factors, USER_ID),
-        FactorIndex.of(item_factors, ITEM_ID))
+        item_stats, authors, has_ts, t_max, recent_days, item_code, keys,
+        FactorIndex.of(user_factors, USER_ID), item_index, item_table)
 
 
 def candidate_features(candidates: pa.Table, user_history: pa.Table, stats: HistoryStats
@@ -113,23 +121,25 @@ def candidate_features(candidates: pa.Table, user_history: pa.Table, stats: Hist
         *([((pl.lit(t_max) - pl.col(TS).max()).dt.total_seconds() / 86400).alias(
             "user_days_since_last")] if stats.has_ts else []),
     )
-    authors = stats.authors
-    user_author = hist.join(authors, on=ITEM_ID, how="left").group_by([USER_ID, AUTHOR_ID]).agg(
-        pl.len().cast(pl.Float64).alias("_author_n"))
+    user_author = hist.join(stats.authors, on=ITEM_ID, how="left").group_by(
+        [USER_ID, AUTHOR_ID]).agg(pl.len().cast(pl.Float64).alias("_author_n"))
+    users = user_stats.join(stats.user_factors.index.rename({"_row": "_urow"}), on=USER_ID,
+                            how="left")
     feats = (
-        cand.join(stats.item_stats, on=ITEM_ID, how="left", maintain_order="left")
-        .join(user_stats, on=USER_ID, how="left", maintain_order="left")
-        .join(authors, on=ITEM_ID, how="left", maintain_order="left")
+        cand.join(stats.item_table, on=ITEM_ID, how="left", maintain_order="left")
+        .join(users, on=USER_ID, how="left", maintain_order="left")
         .join(user_author, on=[USER_ID, AUTHOR_ID], how="left", maintain_order="left")
         .with_columns(
             (pl.col("_author_n").fill_null(0) / pl.col("user_activity")).alias("author_affinity"),
             pl.col(AUTHOR_ID).str.starts_with("item:").cast(pl.Int8).alias("author_unknown"),
             pl.col(N_SOURCES).cast(pl.Float64),
         )
-        .drop(["_author_n", AUTHOR_ID])
     )
-    feats = feats.with_columns(pl.Series("als_dot", als_dot(feats, stats.user_factors,
-                                                            stats.item_factors)))
+    dots = factor_dots(feats["_urow"], feats["_irow"], stats.user_factors, stats.item_factors)
+    # Columns in a fixed order (the ranker's feature order follows it).
+    feats = feats.select(*cand.columns, *(c for c in stats.item_stats.columns if c != ITEM_ID),
+                         *(c for c in user_stats.columns if c != USER_ID), "author_affinity",
+                         "author_unknown").with_columns(pl.Series("als_dot", dots))
     if stats.has_ts:
         feats = feats.with_columns(**popularity_at_user_time(feats, hist, stats))
     return feats
@@ -180,16 +190,22 @@ def _row_dots(users: np.ndarray, urow: np.ndarray, items: np.ndarray, irow: np.n
 
 def als_dot(pairs: pl.DataFrame, users: FactorIndex, items: FactorIndex) -> np.ndarray:
     """<p_u, q_i> for every (user_id, item_id) row of `pairs`; NaN where a factor is missing."""
-    def lookup(index: FactorIndex, ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        rows = pl.DataFrame({index.key: ids}).join(index.index, on=index.key, how="left",
+    def lookup(index: FactorIndex, ids: pl.Series) -> pl.Series:
+        return pl.DataFrame({index.key: ids}).join(index.index, on=index.key, how="left",
                                                    maintain_order="left")["_row"]
-        ok = rows.is_not_null().to_numpy()
-        return np.where(ok, rows.fill_null(0).to_numpy(), 0).astype(np.int64), ok
 
-    urow, uok = lookup(users, pairs[USER_ID])
-    irow, iok = lookup(items, pairs[ITEM_ID])
+    return factor_dots(lookup(users, pairs[USER_ID]), lookup(items, pairs[ITEM_ID]), users,
+                       items)
+
+
+def factor_dots(user_rows: pl.Series, item_rows: pl.Series, users: FactorIndex,
+                items: FactorIndex) -> np.ndarray:
+    """<p_u, q_i> for rows given as factor-matrix rows (null: no factor, giving NaN)."""
+    uok, iok = user_rows.is_not_null().to_numpy(), item_rows.is_not_null().to_numpy()
+    urow = user_rows.fill_null(0).to_numpy().astype(np.int64)
+    irow = item_rows.fill_null(0).to_numpy().astype(np.int64)
     if not len(users.matrix) or not len(items.matrix):
-        return np.full(pairs.height, np.nan)
+        return np.full(len(urow), np.nan)
     if users.matrix.shape[1] != items.matrix.shape[1]:
         raise ValueError(f"user factors have {users.matrix.shape[1]} dimensions, item factors "
                          f"{items.matrix.shape[1]}")

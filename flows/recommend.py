@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +27,11 @@ from pipelines.recommend.runner import (
     RunResult,
     StageReport,
     execute,
+    run_ready,
     run_with,
     stages_at_once,
 )
-from pipelines.recommend.stages import Plan, plan
+from pipelines.recommend.stages import Plan, Stage, plan
 from pipelines.store import RunFolder
 
 if TYPE_CHECKING:
@@ -70,24 +72,34 @@ def cluster_engine(cfg: RunConfig) -> DaskEngine | None:
 
 def _submit_all(p: Plan, run: RunFolder, cfg: RunConfig, evaluate_only: bool
                 ) -> list[StageReport]:
-    """Submit every stage with its upstream stages as `wait_for`, so the UI shows the graph."""
+    """Submit each stage once its upstream stages are done, with them as `wait_for`.
+
+    The UI shows the graph from the `wait_for` edges. At most as many stages run at once as
+    the task runner has threads, so no thread waits on a stage queued behind it.
+    """
     futures: dict[str, PrefectFuture[StageReport]] = {}
     progress = create_progress_artifact(progress=0.0, key="nightly-progress",
                                         description=f"Stages of run {run.run_id} done")
-    for s in p.stages:
+
+    def start(s: Stage) -> Future[Any]:
         options: dict[str, Any] = {"name": s.name, "task_run_name": s.name,
                                    "timeout_seconds": s.timeout_s}
         if s.kind == "ingest":
             options |= {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": transient_io,
                         "tags": ["cpu", "io"]}
-        futures[s.name] = stage_task.with_options(**options).submit(
+        future = stage_task.with_options(**options).submit(
             s.name, run.staging, cfg, evaluate_only,
             wait_for=[futures[u.name] for u in p.upstream(s)])
-    reports = []
-    for n, s in enumerate(p.stages, start=1):
-        reports.append(futures[s.name].result())
-        update_progress_artifact(progress, progress=100.0 * n / len(p.stages))
-    return reports
+        futures[s.name] = future
+        return future.wrapped_future  # type: ignore[attr-defined]
+
+    def finish(s: Stage, _: Future[Any]) -> None:
+        futures[s.name].result()  # raises the stage's failure
+        update_progress_artifact(progress, progress=100.0 * sum(
+            f.state.is_completed() for f in futures.values()) / len(p.stages))
+
+    run_ready(p, start, stages_at_once(cfg), finish)
+    return [futures[s.name].result() for s in p.stages]
 
 
 def publish_artifacts(result: RunResult) -> None:

@@ -250,42 +250,61 @@ def chain_lengths(p: Plan) -> dict[str, int]:
     return out
 
 
+def run_ready(p: Plan, start: Callable[[Stage], Future[Any]], at_once: int,
+              finish: Callable[[Stage, Future[Any]], None]) -> None:
+    """Start each stage once its upstream stages are done, at most `at_once` at a time.
+
+    Among the ready stages the one with the longest chain after it starts first (the deepest
+    cut-off leads to the evaluation ranker, the night's longest path; ties keep the plan's
+    order), so no thread waits on a stage queued behind it. `finish(stage, future)` is called
+    as each one ends and raises its failure: nothing new starts, the running stages finish
+    (no thread writes to the staging folder once this returns), and the failure is raised.
+    """
+    depth = chain_lengths(p)
+    waiting = sorted(p.stages, key=lambda s: -depth[s.name])
+    done: set[str] = set()
+    running: dict[Future[Any], Stage] = {}
+    try:
+        while waiting or running:
+            while len(running) < at_once:
+                s = next((s for s in waiting
+                          if all(u.name in done for u in p.upstream(s))), None)
+                if s is None:
+                    break
+                waiting.remove(s)
+                running[start(s)] = s
+            if not running:  # a plan is ordered, so this is a bug, not a wait
+                raise RuntimeError(f"stages {[s.name for s in waiting]} can never start")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage = running.pop(future)
+                finish(stage, future)
+                done.add(stage.name)
+    except BaseException:
+        wait(running)
+        for future, stage in running.items():
+            try:
+                finish(stage, future)
+            except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
+                log.error("stage %s also failed: %s", stage.name, exc)
+        raise
+
+
 def concurrent(call: Call, at_once: int) -> Runner:
-    """Run each stage once its upstream stages are done, up to `at_once` stages side by side.
+    """Run the stages in threads of this process through `call`, `at_once` side by side.
 
     For a cluster engine: the driver's threads only wait on the workers, so two independent
     stages (the cut-offs' ALS fits, the two rankers) keep two workers busy. The first failure
-    cancels the stages not yet started, waits for the running ones, and is raised.
+    stops new stages, waits for the running ones, and is raised.
     """
     def run(p: Plan, folder: RunFolder) -> list[StageReport]:
         done: dict[str, StageReport] = {}
-        # Longest chain first: the deepest cut-off's stages lead to the evaluation ranker,
-        # which is the night's longest path; ties keep the plan's order (stable sort).
-        depth = chain_lengths(p)
-        waiting = sorted(p.stages, key=lambda s: -depth[s.name])
-        running: dict[Future[StageReport], Stage] = {}
-        pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stage")
-        try:
-            while waiting or running:
-                ready = [s for s in waiting if all(u.name in done for u in p.upstream(s))]
-                for s in ready:
-                    waiting.remove(s)
-                    running[pool.submit(call, s, folder)] = s
-                if not running:  # a plan is ordered, so this is a bug, not a wait
-                    raise RuntimeError(f"stages {[s.name for s in waiting]} can never start")
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    stage = running.pop(future)
-                    done[stage.name] = future.result()  # raises the stage's failure
-        except BaseException:
-            # Nothing new starts (an interrupt included); the running stages finish first, so
-            # the staging folder is discarded only once no thread writes to it.
-            pool.shutdown(wait=True, cancel_futures=True)
-            for future, stage in running.items():
-                if future.done() and not future.cancelled() and future.exception() is not None:
-                    log.error("stage %s also failed: %s", stage.name, future.exception())
-            raise
-        pool.shutdown(wait=True)
+
+        def finish(stage: Stage, future: Future[Any]) -> None:
+            done[stage.name] = future.result()  # raises the stage's failure
+
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stage") as pool:
+            run_ready(p, lambda s: pool.submit(call, s, folder), at_once, finish)
         return [done[s.name] for s in p.stages]
     return run
 

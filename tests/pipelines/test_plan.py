@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,47 @@ def test_concurrent_runner_keeps_dependencies_and_runs_independent_stages_togeth
         for up in p.upstream(s):
             assert spans[up.name][1] <= spans[s.name][0], (up.name, s.name)
     assert most[0] == 3  # the histories' independent sources ran side by side
+
+
+def test_ready_stages_start_longest_chain_first(tmp_path: Path) -> None:
+    p = plan(RunConfig())
+    depth = runner.chain_lengths(p)
+    assert depth["ingest"] == max(depth.values()) and depth["diversify"] == 1
+    order: list[str] = []
+
+    def call(stage: Stage, run: object) -> runner.StageReport:
+        order.append(stage.name)
+        return runner.StageReport(stage.name, {}, 0.0)
+
+    runner.concurrent(call, 1)(p, RunFolder(tmp_path, "r"))
+    done: set[str] = set()
+    for name in order:  # each start: its inputs done, and no ready stage had a longer chain
+        ready = [s.name for s in p.stages if s.name not in done
+                 and all(u.name in done for u in p.upstream(s))]
+        assert name in ready and depth[name] == max(depth[r] for r in ready), name
+        done.add(name)
+    # The cut-offs' chains lead to the rankers, so they start before the serving sources.
+    assert order.index("split@h3") < order.index("user_neighbours")
+
+
+def test_local_engine_runs_shards_side_by_side_in_shard_order(tmp_path: Path) -> None:
+    from pipelines.recommend.engine import LocalEngine
+
+    def shards_meeting(timeout: float) -> Callable[[int, int, Path], int]:
+        both = threading.Barrier(2, timeout=timeout)  # breaks unless shards 0 and 1 overlap
+
+        def shard(shared: int, i: int, path: Path) -> int:
+            if i < 2:
+                both.wait()
+            path.write_text(str(i))
+            return shared * i
+        return shard
+
+    paths = [tmp_path / f"part-{i}" for i in range(5)]
+    assert LocalEngine(2).map_shards(shards_meeting(10), 10, paths) == [0, 10, 20, 30, 40]
+    assert [p.read_text() for p in paths] == [str(i) for i in range(5)]
+    with pytest.raises(threading.BrokenBarrierError):  # one at a time: shard 0 waits alone
+        LocalEngine(1).map_shards(shards_meeting(0.2), 10, paths)
 
 
 def test_concurrent_runner_stops_at_the_first_failure(tmp_path: Path) -> None:
