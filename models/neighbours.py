@@ -47,6 +47,12 @@ class PearsonConfig(BaseModel):
     use "cosine" (the raw weight vectors, absent entries 0, full-row norms) or "jaccard"
     (|I_uv| / |I_u or I_v| on co-occurrence) there. min_support, threshold, shrinkage, k and
     the tie-break apply to all three."""
+    max_column_entries: int | None = Field(10_000, ge=2)
+    """Most entries per column the similarities see (an item's raters for user neighbours, a
+    user's items for item neighbours); a longer column keeps a fixed pseudo-random subset of
+    this many (a hash of row and column). The pair work grows with the squared column lengths,
+    so one item rated by half of a million users alone would be 10^11 pairs. None keeps every
+    entry; 10,000 leaves the embedded data, ML-1M and the books-shaped set exact."""
     threads: int = Field(1, ge=1)
     """Threads of the compiled kernel (capped at the cores numba sees); the result does not
     depend on it. Each thread holds its own k-best buffers: n_rows * (48 * k + 50) bytes."""
@@ -117,6 +123,37 @@ def pearson_blocks(ratings: sp.csr_matrix, config: PearsonConfig) -> Neighbours:
     return Neighbours(*out)
 
 
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 of uint64 keys: a fixed, well-spread pseudo-random order."""
+    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def cap_columns(ratings: sp.csr_matrix, cap: int | None) -> sp.csr_matrix:
+    """`ratings` with at most `cap` stored entries per column (None: unchanged).
+
+    A longer column keeps the `cap` entries whose hash of (row, column) is smallest, so the
+    subset is fixed for a given matrix and spread evenly over its rows.
+    """
+    n_rows, n_cols = ratings.shape
+    counts = np.bincount(ratings.indices, minlength=n_cols)
+    if cap is None or counts.max(initial=0) <= cap:
+        return ratings
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(ratings.indptr))
+    cols = ratings.indices.astype(np.int64)
+    long = np.flatnonzero(counts[cols] > cap)  # entries of the columns over the cap
+    order = np.lexsort((_mix(rows[long] * n_cols + cols[long]), cols[long]))
+    by_col = cols[long][order]
+    rank = np.arange(len(order)) - np.searchsorted(by_col, by_col, side="left")
+    keep = np.ones(ratings.nnz, dtype=bool)
+    keep[long[order[rank >= cap]]] = False
+    indptr = np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=n_rows))]
+    return sp.csr_matrix((ratings.data[keep], ratings.indices[keep], indptr),
+                         shape=ratings.shape)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """The kernel's inputs: centred, scaled rows, their inverted index and the settings."""
@@ -136,6 +173,7 @@ def prepare(ratings: sp.csr_matrix, config: PearsonConfig) -> Prepared | None:
     if not np.isfinite(csr.data).all():
         raise DataError("neighbour weights must be finite: the interactions' weight column "
                         "holds NaN or infinity (check how duplicates are aggregated)")
+    csr = cap_columns(csr, config.max_column_entries)
     n_rows, n_cols = csr.shape
     k = min(config.k, n_rows - 1)
     if k < 1 or csr.nnz == 0:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.errors import DataError, DataWarning
-from models.neighbours import PearsonConfig, pearson_blocks, top_k_indices
+from models.neighbours import PearsonConfig, cap_columns, pearson_blocks, top_k_indices
 
 Pairs = dict[tuple[int, int], tuple[float, int]]
 
@@ -466,3 +466,31 @@ def test_dense_sweep_threads_and_parts_agree(parts: int,
     for field in ("row", "neighbour", "weight", "support"):
         assert np.array_equal(getattr(whole, field), getattr(one, field)), field
         assert np.array_equal(getattr(whole, field), getattr(merged, field)), field
+
+
+def test_column_cap_keeps_a_fixed_subset_of_each_long_column() -> None:
+    full = random_ratings(4, rows=60, cols=8, density=0.5).toarray()
+    full[:, 0] = 3.0  # column 0 rated by every row
+    ratings = sp.csr_matrix(full)
+    before = (ratings != 0).sum(axis=0).A1
+    capped = cap_columns(ratings, 12)
+    after = (capped != 0).sum(axis=0).A1
+    assert after.max() == 12 and after[0] == 12
+    np.testing.assert_array_equal(after, np.minimum(before, 12))  # short columns untouched
+    dense, kept = ratings.toarray(), capped.toarray()
+    assert np.all((kept == 0) | (kept == dense))  # a subset, values unchanged
+    assert (cap_columns(ratings, 12) != capped).nnz == 0  # fixed: the same subset again
+    rows_kept = np.flatnonzero(kept[:, 0])
+    assert rows_kept.min() < 20 and rows_kept.max() >= 40  # spread over the rows, not a prefix
+    assert cap_columns(ratings, None) is ratings and cap_columns(ratings, 60) is ratings
+
+
+def test_capped_neighbours_are_the_neighbours_of_the_capped_matrix() -> None:
+    ratings = random_ratings(5, rows=40, cols=12, density=0.6)
+    exact = PearsonConfig(k=1000, threshold=ALL, max_column_entries=None)
+    longest = int((ratings != 0).sum(axis=0).max())
+    at_longest = exact.model_copy(update={"max_column_entries": longest})
+    assert got_pairs(ratings, at_longest) == got_pairs(ratings, exact)  # no column over it
+    capped = exact.model_copy(update={"max_column_entries": 10})
+    assert got_pairs(ratings, capped) == got_pairs(cap_columns(ratings, 10), exact)
+    assert got_pairs(ratings, capped) != got_pairs(ratings, exact)
