@@ -129,6 +129,8 @@ class ClusterShards:
         from lightgbm.dask import DaskLGBMRanker
 
         params, (xt, yt, gt), (xv, yv, gv), bins = ranker.prepare(x, y, groups, features)
+        # The uint8 codes as float32, the dtype lightgbm.dask's partitions expect.
+        xt, xv = xt.astype(np.float32), xv.astype(np.float32)
         n_parts = max(1, min(len(self.client.scheduler_info()["workers"]), len(gt)))
 
         def by_query(x_: Any, y_: Any, g_: Any, parts: int) -> tuple[Any, Any, Any]:
