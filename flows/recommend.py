@@ -27,7 +27,6 @@ from pipelines.recommend.runner import (
     RunResult,
     StageReport,
     execute,
-    last_seconds,
     run_ready,
     run_with,
     stages_at_once,
@@ -99,7 +98,7 @@ def _submit_all(p: Plan, run: RunFolder, cfg: RunConfig, evaluate_only: bool
         update_progress_artifact(progress, progress=100.0 * sum(
             f.state.is_completed() for f in futures.values()) / len(p.stages))
 
-    run_ready(p, start, stages_at_once(cfg), finish, last_seconds(run.root))
+    run_ready(p, start, stages_at_once(cfg), finish)
     return [futures[s.name].result() for s in p.stages]
 
 

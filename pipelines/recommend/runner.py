@@ -32,12 +32,10 @@ from pipelines.recommend.stages import Plan, Stage, plan
 from pipelines.recommend.tables import StageIO, part_paths
 from pipelines.recommend.warehouse import refresh_views
 from pipelines.store import (
-    MANIFEST,
     RunFolder,
     check_output_root,
     clean_stale,
     fault_point,
-    latest_run,
     new_run_id,
     output_lock,
     validate_run_id,
@@ -240,53 +238,29 @@ def stages_at_once(cfg: RunConfig) -> int:
     return cfg.engine.concurrent_stages if cfg.engine.kind == "dask" else LOCAL_THREADS
 
 
-def last_seconds(root: Path) -> dict[str, float]:
-    """Per stage, its seconds in the last published run (computed stages, not cache hits).
-
-    Empty before the first run or when that manifest cannot be read.
-    """
-    last = latest_run(root)
-    try:
-        m = json.loads((last / MANIFEST).read_text()) if last is not None else {}
-        cached = set(m.get("cached", []))
-        return {k: float(v) for k, v in m.get("seconds", {}).items() if k not in cached}
-    except (OSError, ValueError, TypeError, AttributeError):
-        return {}
-
-
-def chain_lengths(p: Plan, seconds: dict[str, float] | None = None) -> dict[str, float]:
-    """Per stage, the longest path from it to the end of the night, itself included.
-
-    A stage weighs what it took last night (`seconds`, e.g. `last_seconds`); without that,
-    the median of those known, and 1 each when none is (the path then counts stages).
-    """
-    known = sorted((seconds or {}).get(s.name, -1.0) for s in p.stages)
-    known = [v for v in known if v >= 0]
-    default = known[len(known) // 2] if known else 1.0
-    weight = {s.name: (seconds or {}).get(s.name, default) for s in p.stages}
+def chain_lengths(p: Plan) -> dict[str, int]:
+    """Per stage, the most stages on a path from it to the end of the night (itself included)."""
     below: dict[str, list[str]] = {s.name: [] for s in p.stages}
     for s in p.stages:
         for u in p.upstream(s):
             below[u.name].append(s.name)
-    out: dict[str, float] = {}
+    out: dict[str, int] = {}
     for s in reversed(p.stages):  # a plan lists every stage after its inputs' stages
-        out[s.name] = weight[s.name] + max((out[d] for d in below[s.name]), default=0.0)
+        out[s.name] = 1 + max((out[d] for d in below[s.name]), default=0)
     return out
 
 
 def run_ready(p: Plan, start: Callable[[Stage], Future[Any]], at_once: int,
-              finish: Callable[[Stage, Future[Any]], None],
-              seconds: dict[str, float] | None = None) -> None:
+              finish: Callable[[Stage, Future[Any]], None]) -> None:
     """Start each stage once its upstream stages are done, at most `at_once` at a time.
 
-    Among the ready stages the one with the longest path after it starts first, weighted by
-    `seconds` (last night's stage times) when given (ties keep the plan's order); without
-    them the deepest cut-off leads, since its chain ends in the evaluation ranker. No thread
-    waits on a stage queued behind it. `finish(stage, future)` is called
+    Among the ready stages the one with the longest chain after it starts first (the deepest
+    cut-off leads to the evaluation ranker, the night's longest path; ties keep the plan's
+    order), so no thread waits on a stage queued behind it. `finish(stage, future)` is called
     as each one ends and raises its failure: nothing new starts, the running stages finish
     (no thread writes to the staging folder once this returns), and the failure is raised.
     """
-    depth = chain_lengths(p, seconds)
+    depth = chain_lengths(p)
     waiting = sorted(p.stages, key=lambda s: -depth[s.name])
     done: set[str] = set()
     running: dict[Future[Any], Stage] = {}
@@ -330,8 +304,7 @@ def concurrent(call: Call, at_once: int) -> Runner:
             done[stage.name] = future.result()  # raises the stage's failure
 
         with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="stage") as pool:
-            run_ready(p, lambda s: pool.submit(call, s, folder), at_once, finish,
-                      last_seconds(folder.root))
+            run_ready(p, lambda s: pool.submit(call, s, folder), at_once, finish)
         return [done[s.name] for s in p.stages]
     return run
 

@@ -6,7 +6,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -194,36 +193,6 @@ def test_ready_stages_start_longest_chain_first(tmp_path: Path) -> None:
         done.add(name)
     # The cut-offs' chains lead to the rankers, so they start before the serving sources.
     assert order.index("split@h3") < order.index("user_neighbours")
-
-
-def test_last_nights_stage_times_steer_which_ready_stage_starts_first(tmp_path: Path) -> None:
-    p = plan(RunConfig())
-    # Last night the serving candidates took far longest: their chain now leads.
-    seconds = {s.name: 1.0 for s in p.stages} | {"candidates": 100.0}
-    depth = runner.chain_lengths(p, seconds)
-    assert depth["user_neighbours"] > depth["split@h1"]
-    assert depth["diversify"] == 1.0 and depth["score"] == 2.0
-    order: list[str] = []
-
-    def start(stage: Stage) -> Future[None]:
-        order.append(stage.name)
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
-
-    runner.run_ready(p, start, 1, lambda s, f: None, seconds)
-    assert order[1] in ("user_neighbours", "item_neighbours", "als")  # after ingest
-    assert order.index("candidates") < order.index("split@h1")
-
-
-def test_last_seconds_are_the_computed_stages_of_the_latest_run(tmp_path: Path) -> None:
-    cfg = RunConfig.from_dict(tiny_config_dict(tmp_path))
-    assert runner.last_seconds(cfg.output.root) == {}
-    first = run_nightly(cfg)
-    assert runner.last_seconds(cfg.output.root) == first.manifest["seconds"]
-    again = run_nightly(cfg)  # every stage from the cache: nothing to learn from
-    assert set(again.manifest["cached"]) == set(again.manifest["seconds"])
-    assert runner.last_seconds(cfg.output.root) == {}
 
 
 def test_local_engine_runs_shards_side_by_side_in_shard_order(tmp_path: Path) -> None:
