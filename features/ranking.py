@@ -36,8 +36,6 @@ class HistoryStats:
     item_table: pl.DataFrame  # one row per item: item_stats' columns, author_id, _irow
 
 
-
-
 @dataclass(frozen=True)
 class FactorIndex:
     """A factors table as a dense matrix with an id -> row lookup frame."""

@@ -93,10 +93,12 @@ def _submit_all(p: Plan, run: RunFolder, cfg: RunConfig, evaluate_only: bool
         futures[s.name] = future
         return future.wrapped_future  # type: ignore[attr-defined]
 
+    finished: list[str] = []
+
     def finish(s: Stage, _: Future[Any]) -> None:
         futures[s.name].result()  # raises the stage's failure
-        update_progress_artifact(progress, progress=100.0 * sum(
-            f.state.is_completed() for f in futures.values()) / len(p.stages))
+        finished.append(s.name)
+        update_progress_artifact(progress, progress=100.0 * len(finished) / len(p.stages))
 
     run_ready(p, start, stages_at_once(cfg), finish)
     return [futures[s.name].result() for s in p.stages]

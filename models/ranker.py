@@ -93,24 +93,12 @@ class FeatureBins:
             edges.append(e)
         return cls(tuple(edges))
 
-    def codes(self, x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
-        """Rows x (n, f) as bin codes (float32; missing values 0).
+    def codes(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows x (n, f), or x[rows], as uint8 bin codes (missing values 0).
 
-        With `inplace` the codes overwrite x (which must then be float32).
+        A code is at most MAX_BIN - 1; computed column by column, so x is never copied whole.
         """
-        out = x if inplace else np.empty(x.shape, np.float32)
-        for j, e in enumerate(self.edges):
-            col = x[:, j]
-            missing = np.isnan(col)
-            out[:, j] = np.searchsorted(e, col, side="left") + 1
-            out[missing, j] = 0
-        return out
-
-    def small_codes(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The codes of rows x[rows] as uint8 (a code is at most MAX_BIN - 1), column by column.
-
-        The same values as `codes`, at a quarter of its memory and without copying the rows.
-        """
+        rows = np.arange(len(x)) if rows is None else rows
         out = np.empty((len(rows), x.shape[1]), np.uint8)
         for j, e in enumerate(self.edges):
             col = x[rows, j]
@@ -267,8 +255,8 @@ class LambdaRanker:
         train_rows, valid_rows = np.flatnonzero(tr), np.flatnonzero(va)
         bins = FeatureBins.fit(x, seed=c.seed, subset=train_rows)
         # uint8 codes: LightGBM reads them as the same float32 values; a quarter of the memory.
-        return (params, (bins.small_codes(x, train_rows), y[tr], sizes[is_train]),
-                (bins.small_codes(x, valid_rows), y[va], sizes[is_valid]), bins)
+        return (params, (bins.codes(x, train_rows), y[tr], sizes[is_train]),
+                (bins.codes(x, valid_rows), y[va], sizes[is_valid]), bins)
 
     def set_booster(self, booster: Any, best_iteration: int) -> LambdaRanker:
         """Adopt a booster trained elsewhere (e.g. by LightGBM on a Dask cluster)."""

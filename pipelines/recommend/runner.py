@@ -233,9 +233,13 @@ Runner = Callable[[Plan, RunFolder], list[StageReport]]
 """Runs every stage of a plan, in dependency order, and returns their reports in plan order."""
 
 
-def stages_at_once(cfg: RunConfig) -> int:
-    """`engine.concurrent_stages` on a cluster, else LOCAL_THREADS."""
-    return cfg.engine.concurrent_stages if cfg.engine.kind == "dask" else LOCAL_THREADS
+def stages_at_once(cfg: RunConfig, engine: Engine | None = None) -> int:
+    """Stages at once: `engine.concurrent_stages` on a cluster, else LOCAL_THREADS.
+
+    The cluster is the configured one, or `engine` when a caller passes its own.
+    """
+    on_cluster = cfg.engine.kind == "dask" or hasattr(engine, "run_whole")
+    return cfg.engine.concurrent_stages if on_cluster else LOCAL_THREADS
 
 
 def chain_lengths(p: Plan) -> dict[str, int]:
@@ -327,8 +331,7 @@ def run_nightly(cfg: RunConfig, run_id: str | None = None, *, evaluate_only: boo
 
     def call(stage: Stage, run: RunFolder) -> StageReport:
         return execute(p, stage, run.staging, cfg, engine)
-    at_once = cfg.engine.concurrent_stages if hasattr(engine, "run_whole") else LOCAL_THREADS
-    runner = concurrent(call, at_once)
+    runner = concurrent(call, stages_at_once(cfg, engine))
     try:
         return run_with(cfg, run_id, runner, evaluate_only=evaluate_only, engine=engine)
     finally:
