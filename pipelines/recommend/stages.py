@@ -153,8 +153,10 @@ def _neighbours(io: StageIO, cfg: RunConfig, h: History, side: str) -> None:
     io.write(h.table(f"{side}_neighbours"), neighbours.as_table(nb, vocab, key))
 
 
-def _als(io: StageIO, cfg: RunConfig, h: History) -> None:
-    users, items = embeddings.als_factors(io.read(h.table("history")), cfg.als)
+def _als(io: StageIO, cfg: RunConfig, h: History, start: History | None = None) -> None:
+    begin = None if start is None else (io.read(start.table("user_factors")),
+                                        io.read(start.table("item_factors")))
+    users, items = embeddings.als_factors(io.read(h.table("history")), cfg.als, begin)
     io.write(h.table("user_factors"), users)
     io.write(h.table("item_factors"), items)
 
@@ -503,9 +505,18 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
             stages.append(Stage(_at("split", h), "split", (parent.table("history"),),
                                 (h.table("history"), h.table("target")),
                                 partial(_split, h=h, parent=parent), (str(h.split),)))
+    # A history's ALS starts from the factors of the first cut-off taken from it (its history
+    # minus each user's last part, so nothing it holds is from after that history), so the
+    # deepest cut-off fits from scratch and each one above refines the one below it.
+    child = {} if cfg.als.warm_epochs == 0 else {
+        h.parent: h for h in reversed(list(hs.values())) if h.parent is not None}
+    for h in reversed(list(hs.values())):  # the deepest first: a plan lists inputs first
         hist = h.table("history")
         if h.name == SERVING and evaluate_only:
             continue
+        start = child.get(h.name)
+        als_reads = (hist,) + (() if start is None else (start.table("user_factors"),
+                                                         start.table("item_factors")))
         stages += [
             Stage(_at("user_neighbours", h), "user_neighbours", (hist,),
                   (h.table("user_neighbours"),), partial(_neighbours, h=h, side="user"),
@@ -516,9 +527,9 @@ def plan(cfg: RunConfig, *, evaluate_only: bool = False) -> Plan:
             Stage(_at("item_neighbours", h), "item_neighbours", (hist,),
                   (h.table("item_neighbours"),), partial(_neighbours, h=h, side="item"),
                   ("item_neighbours",)),
-            Stage(_at("als", h), "als", (hist,), (h.table("user_factors"),
-                                                  h.table("item_factors")),
-                  partial(_als, h=h), ("als",)),
+            Stage(_at("als", h), "als", als_reads, (h.table("user_factors"),
+                                                    h.table("item_factors")),
+                  partial(_als, h=h, start=start), ("als",)),
             Stage(_at("candidates", h), "candidates",
                   (hist, "items", h.table("user_neighbours"), h.table("item_neighbours"),
                    h.table("user_factors"), h.table("item_factors"))

@@ -37,3 +37,44 @@ def test_same_seed_same_factors() -> None:
 def test_not_fitted() -> None:
     with pytest.raises(NotFittedError):
         AlsModel(AlsConfig()).scores(np.arange(2))
+
+
+def test_warm_fit_from_implicits_own_start_is_the_cold_fit() -> None:
+    # Oracle: starting from the random factors implicit itself draws, with as many warm sweeps
+    # as cold ones, must give the cold fit bit for bit (the start is really used as given).
+    train, _ = checkerboard()
+    cold = AlsModel(AlsConfig(embedding_size=4, epochs=5, seed=3)).fit(train)
+    model = AlsModel(AlsConfig(embedding_size=4, epochs=5, warm_epochs=5, seed=3))
+    warm = model.fit(train, model.random_start(*train.shape))
+    np.testing.assert_array_equal(warm.user_factors, cold.user_factors)
+    np.testing.assert_array_equal(warm.item_factors, cold.item_factors)
+
+
+def test_warm_start_from_a_fit_needs_few_sweeps() -> None:
+    train, like = checkerboard()
+    first = AlsModel(AlsConfig(embedding_size=4, reg=0.01, epochs=15, seed=0)).fit(train)
+    assert first.user_factors is not None and first.item_factors is not None
+    warm = AlsModel(AlsConfig(embedding_size=4, reg=0.01, epochs=15, warm_epochs=1, seed=0))
+    warm.fit(train, (first.user_factors, first.item_factors))
+    scores = warm.scores(np.arange(20))
+    scores[train.toarray() > 0] = -np.inf
+    np.testing.assert_array_equal(scores.argmax(axis=1), np.arange(20))
+    # One sweep from a converged start moves the factors little.
+    assert warm.user_factors is not None
+    drift = np.abs(warm.user_factors - first.user_factors).max()
+    assert drift < 0.1 * np.abs(first.user_factors).max()
+
+
+def test_warm_epochs_zero_ignores_the_start() -> None:
+    train, _ = checkerboard()
+    cold = AlsModel(AlsConfig(embedding_size=4, epochs=3, seed=1)).fit(train)
+    ones = (np.ones((20, 4), np.float32), np.ones((20, 4), np.float32))
+    again = AlsModel(AlsConfig(embedding_size=4, epochs=3, seed=1)).fit(train, ones)
+    np.testing.assert_array_equal(again.user_factors, cold.user_factors)
+
+
+def test_a_start_of_the_wrong_shape_is_refused() -> None:
+    train, _ = checkerboard()
+    model = AlsModel(AlsConfig(embedding_size=4, epochs=3, warm_epochs=1))
+    with pytest.raises(ValueError, match="do not match"):
+        model.fit(train, (np.zeros((19, 4), np.float32), np.zeros((20, 4), np.float32)))

@@ -70,6 +70,28 @@ def test_stage_keys_change_only_with_their_own_inputs(tmp_path: Path) -> None:
     assert changed(base, shards) == set()  # the output does not depend on the shard size
 
 
+def test_warm_als_starts_each_history_from_the_cut_off_below_it(tmp_path: Path) -> None:
+    raw = tiny_config_dict(tmp_path)
+    cold = plan(RunConfig.from_dict(raw))
+    assert all(s.reads == (s.reads[0],) for s in cold.stages if s.kind == "als")
+    cfg = RunConfig.from_dict({**raw, "als": {**raw["als"], "warm_epochs": 2}})
+    p = plan(cfg)
+    # h3 is cut from h2, h2 from h1, h1 from h0: each ALS reads its child's factors.
+    assert len(p.stage("als@h3").reads) == 1  # the deepest cut-off starts at random
+    for name, child in (("als@h2", "h3"), ("als@h1", "h2"), ("als", "h1")):
+        assert p.stage(name).reads[1:] == (f"{child}/user_factors", f"{child}/item_factors")
+    order = [s.name for s in p.stages]
+    assert order.index("als@h3") < order.index("als@h2") < order.index("als@h1") < \
+        order.index("als")
+    assert {n.split("@")[0] for n in changed(RunConfig.from_dict(raw), cfg)} >= {"als"}
+    res = run_nightly(cfg, run_id="warm")
+    assert published(res.path, "recommendations").num_rows > 0
+    again = run_nightly(RunConfig.from_dict({**raw, "als": {**raw["als"], "warm_epochs": 2},
+                                             "output": {"root": str(tmp_path / "again")}}))
+    assert published(res.path, "recommendations").equals(published(again.path,
+                                                                   "recommendations"))
+
+
 def test_user_pearson_off_skips_user_neighbours_under_its_own_key(tmp_path: Path) -> None:
     raw = tiny_config_dict(tmp_path)
     base = RunConfig.from_dict(raw)
