@@ -52,38 +52,69 @@ def _top_n(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, position: np.
 
 
 @njit(cache=True, nogil=True)
-def near_top(scores: np.ndarray, kth: np.ndarray, slack: np.ndarray, users: np.ndarray,
-              items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Entries of each score row within `slack` of its k-th value, rescored exactly.
-
-    scores (b, n_items) float32 with seen items at -inf; kth, slack (b,); users (b, f) and
-    items (n_items, f) the factors. The exact score is the float64 dot product summed in
-    factor order, the same for a pair whatever block it is computed in.
-    """
+def _dot_top(scores: np.ndarray, kths: np.ndarray, bound: np.ndarray, users: np.ndarray,
+             items: np.ndarray, position: np.ndarray, n: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     b, n_items = scores.shape
-    count = 0
-    for r in range(b):
-        cut = kth[r] - slack[r]
-        for j in range(n_items):
-            s = scores[r, j]
-            if s >= cut and np.isfinite(s):
-                count += 1
-    rows = np.empty(count, np.int64)
-    cols = np.empty(count, np.int64)
-    exact = np.empty(count, np.float64)
-    o = 0
     f = users.shape[1]
-    for r in range(b):
-        cut = kth[r] - slack[r]
+    k = min(n, n_items)
+    out_rows = np.empty(b * k, np.int64)
+    out_cols = np.empty(b * k, np.int64)
+    out_scores = np.empty(b * k, np.float64)
+    out_ranks = np.empty(b * k, np.int32)
+    cols = np.empty(n_items, np.int64)
+    exact = np.empty(n_items, np.float64)
+    o = 0
+    for r in range(b):  # one row at a time, while it is in cache
+        row = scores[r]
+        kth = kths[r]
+        slack = np.float32(bound[r] + 1e-30) if np.isfinite(kth) else np.float32(0.0)
+        cut = kth - slack
+        m = 0
         for j in range(n_items):
-            s = scores[r, j]
+            s = row[j]
             if s >= cut and np.isfinite(s):
                 acc = 0.0
                 for t in range(f):
                     acc += np.float64(users[r, t]) * np.float64(items[j, t])
-                rows[o], cols[o], exact[o] = r, j, acc
-                o += 1
-    return rows, cols, exact
+                cols[m], exact[m] = j, acc
+                m += 1
+        idx = np.argsort(-exact[:m])  # exact score desc; equal scores are put in order below
+        q = 0
+        while q < min(m, n):  # ties by popularity position asc (as `top_n`), one run at a time
+            end = q + 1
+            while end < m and exact[idx[end]] == exact[idx[q]]:
+                end += 1
+            if end - q > 1:
+                run = idx[q:end]
+                idx[q:end] = run[np.argsort(position[cols[run]])]
+            q = end
+        for q in range(min(m, n)):
+            out_rows[o], out_cols[o] = r, cols[idx[q]]
+            out_scores[o], out_ranks[o] = exact[idx[q]], q + 1
+            o += 1
+    return out_rows[:o], out_cols[:o], out_scores[:o], out_ranks[:o]
+
+
+def dot_top(scores: np.ndarray, bound: np.ndarray, users: np.ndarray, items: np.ndarray,
+            position: np.ndarray, n: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's n best items by exact dot product, from float32 scores that may be off.
+
+    scores (b, n_items) float32 = users @ items.T with excluded items at -inf; bound (b,) how
+    far below the row's k-th float32 score an entry may be and still belong to the exact top
+    k (twice the float32 error of a score). Those entries are rescored exactly (float64,
+    summed in factor order, so the same for a pair in any block) and the n best by exact
+    score are kept, ties to the lower `position[col]`: (rows, cols, exact scores, ranks
+    1..n), sorted by row, rank.
+    """
+    scores = np.ascontiguousarray(scores, np.float32)
+    k = min(int(n), scores.shape[1])
+    # The k-th largest per row (numpy's introselect beats a compiled per-row partition).
+    kths = np.partition(scores, scores.shape[1] - k, axis=1)[:, scores.shape[1] - k]
+    return _dot_top(scores, np.ascontiguousarray(kths), bound.astype(np.float64),
+                    np.ascontiguousarray(users, np.float32),
+                    np.ascontiguousarray(items, np.float32), position.astype(np.int64), int(n))
 
 
 def top_n(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, position: np.ndarray, n: int

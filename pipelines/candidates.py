@@ -260,19 +260,15 @@ def _als(users: np.ndarray, ctx: Context, n: int, budget: int) -> list[Proposals
         scores = ctx.user_factors[sub] @ ctx.item_factors.T  # (b, n_items) float32, BLAS
         seen = ctx.binary[sub]
         scores[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
-        k = min(n, n_items)
-        # BLAS sums in a block-shape-dependent order, so select everything within the float32
-        # error bound of each row's n-th value, then rescore exactly (float64, fixed order per
-        # pair) so that the scores and the cut do not depend on how users are grouped. A dot
+        # BLAS sums in a block-shape-dependent order, so everything within the float32 error
+        # bound of each row's n-th value is rescored exactly (float64, fixed order per pair)
+        # so that the scores and the cut do not depend on how users are grouped. A dot
         # product of f terms is off by at most ~f * 2^-24 * |p_u| |q_i| (3.8e-6 |p_u| |q_i|
         # for f = 64); the slack is twice that, for the n-th value and the candidate's.
-        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
         bound = 2.0 * ctx.user_factors.shape[1] * 2.0**-24 * q_max * np.linalg.norm(
-            ctx.user_factors[sub].astype(np.float64), axis=1, keepdims=True)
-        slack = np.where(np.isfinite(kth), bound + 1e-30, 0.0).astype(np.float32)
-        rows, cols, exact = topn.near_top(scores, kth[:, 0], slack[:, 0],
-                                          ctx.user_factors[sub], ctx.item_factors)
-        p = _top_n(rows, cols, exact, n, ctx)
+            ctx.user_factors[sub].astype(np.float64), axis=1)
+        p = Proposals(*topn.dot_top(scores, bound, ctx.user_factors[sub], ctx.item_factors,
+                                    ctx.position, n))
         out.append(Proposals(p.rows + start, p.cols, p.scores, p.ranks))
     return out
 
