@@ -52,16 +52,30 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     return {"compression": "zstd", "compression_level": 1, "use_dictionary": paths}
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+def part_options(schema: pa.Schema) -> dict[str, Any]:
+    """How shard parts are written: lz4 and no column statistics, dictionaries as published.
+
+    A part is read whole by the next stage and re-encoded when it is published, so nothing
+    prunes on its statistics: lz4 without them writes a candidates part 1.6x faster than the
+    published options for ~10% more bytes (measured on the books-shaped candidates).
+    """
+    options = parquet_options(schema)
+    del options["compression_level"]
+    return {**options, "compression": "lz4", "write_statistics": False}
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, *, part: bool = False) -> Path:
     """Write `table` to `path` so that a reader sees either the old file or the whole new one.
 
     The file is written under a temporary name in the same folder, flushed, its footer re-read
-    (a torn write fails here, not downstream), then renamed into place.
+    (a torn write fails here, not downstream), then renamed into place. `part` writes it with
+    the options of a shard part (`part_options`) instead of a published table's.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        pq.write_table(table, tmp, **parquet_options(table.schema))
+        options = part_options(table.schema) if part else parquet_options(table.schema)
+        pq.write_table(table, tmp, **options)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         footer = pq.read_metadata(tmp)

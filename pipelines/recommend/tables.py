@@ -90,5 +90,5 @@ class StageIO:
 
 def write_part(table: pa.Table, path: Path) -> int:
     """Write one shard's table (atomically) and return its rows."""
-    write_parquet_atomic(table, path)
+    write_parquet_atomic(table, path, part=True)
     return table.num_rows
