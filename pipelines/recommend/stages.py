@@ -267,7 +267,10 @@ def _score_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
     part = pq.read_table(parts[i])
     if model is None:
         return write_part(div.fuse(part, fusion), path)
-    return write_part(rk.score(model, features(part, histories[i], stats), part), path)
+    # In candidates order (users and items in their natural id order): scores are per row,
+    # so the sort `features` does for training rows would only cost time here.
+    return write_part(rk.score(model, candidate_features(part, histories[i], stats), part),
+                      path)
 
 
 def _score(io: StageIO, cfg: RunConfig, h: History, ranker_file: str | None) -> dict[str, Any]:
