@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import platform
 import shutil
+import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -23,10 +26,18 @@ from pipelines.recommend.config import RunConfig
 from pipelines.recommend.engine import LOCAL_THREADS, Engine, LocalEngine
 from pipelines.recommend.stages import RECOMMENDATIONS_SCHEMA, RUN_ID, Plan, published_tables
 from pipelines.recommend.tables import WORK, parts_dir, table_path
-from pipelines.store import MANIFEST, RunFolder, parquet_options, write_parquet_atomic
+from pipelines.store import (
+    MANIFEST,
+    STAGING_PREFIX,
+    RunFolder,
+    parquet_options,
+    write_parquet_atomic,
+)
 
 if TYPE_CHECKING:
     from pipelines.recommend.runner import StageReport
+
+log = logging.getLogger(__name__)
 
 EXPECTED: dict[str, pa.Schema] = {
     "user_neighbours": neighbours_schema("user_id"),
@@ -93,10 +104,12 @@ def manifest_for(run: RunFolder, p: Plan, cfg: RunConfig, reports: list[StageRep
     }
 
 
-def combine_parts(folder: Path, name: str, run_id: str | None = None) -> None:
+def combine_parts(folder: Path, name: str, run_id: str | None = None, *,
+                  keep_parts: bool = False) -> None:
     """Stream a sharded table's parts into one Parquet file (one row group per part).
 
-    With `run_id` the constant column is added on the way, in the same single pass.
+    With `run_id` the constant column is added on the way, in the same single pass. The
+    parts are removed afterwards unless `keep_parts` (later stages still read them).
     """
     parts = sorted(parts_dir(folder, name).glob("part-*.parquet"))
     schema = pq.read_schema(parts[0])
@@ -104,20 +117,64 @@ def combine_parts(folder: Path, name: str, run_id: str | None = None) -> None:
         pa.field(RUN_ID, pa.string(), nullable=False))
     target = table_path(folder, name)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.combine.tmp")
-    with pq.ParquetWriter(tmp, out_schema, **parquet_options(out_schema)) as writer:
-        for part in parts:
-            table = pq.read_table(part).cast(schema)
-            if run_id is not None:
-                table = table.append_column(out_schema.field(RUN_ID), pa.repeat(
-                    pa.scalar(run_id, pa.string()), table.num_rows))
-            # One row group per part, whatever its size: readers rely on no user spanning two.
-            writer.write_table(table, row_group_size=max(table.num_rows, 1))
-    footer = pq.read_metadata(tmp)
-    expected = sum(pq.read_metadata(pt).num_rows for pt in parts)
-    if footer.num_rows != expected:
-        raise OSError(f"{target}: combined {footer.num_rows} rows, parts hold {expected}")
-    tmp.replace(target)
-    shutil.rmtree(parts_dir(folder, name))
+    try:
+        with pq.ParquetWriter(tmp, out_schema, **parquet_options(out_schema)) as writer:
+            for part in parts:
+                table = pq.read_table(part).cast(schema)
+                if run_id is not None:
+                    table = table.append_column(out_schema.field(RUN_ID), pa.repeat(
+                        pa.scalar(run_id, pa.string()), table.num_rows))
+                # One row group per part, whatever its size: readers rely on no user
+                # spanning two.
+                writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        footer = pq.read_metadata(tmp)
+        expected = sum(pq.read_metadata(pt).num_rows for pt in parts)
+        if footer.num_rows != expected:
+            raise OSError(f"{target}: combined {footer.num_rows} rows, parts hold {expected}")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not keep_parts:
+        shutil.rmtree(parts_dir(folder, name))
+
+
+_combiner: ThreadPoolExecutor | None = None
+_early: dict[Path, list[Future[None]]] = {}
+_early_lock = threading.Lock()
+
+
+def combine_early(folder: Path, p: Plan, writes: tuple[str, ...]) -> None:
+    """Start combining a finished stage's sharded published tables in a background thread.
+
+    The night's last minutes would otherwise re-encode the whole candidates and scored
+    tables one after the other; begun as soon as their stage ends, the work overlaps the
+    stages still running. The parts stay (later stages read them). `finalise` waits for
+    these, re-verifies the files and removes the parts of each table combined in place.
+    Only for a staging folder on this machine (the local engine).
+    """
+    global _combiner
+    if not folder.name.startswith(STAGING_PREFIX):
+        return
+    run_id = folder.name.removeprefix(STAGING_PREFIX)
+    names = [t for t in writes if t in set(published_tables(p))
+             and parts_dir(folder, t).is_dir()]
+    with _early_lock:
+        if _combiner is None:
+            _combiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+        for name in names:
+            _early.setdefault(folder, []).append(_combiner.submit(
+                combine_parts, folder, name, run_id, keep_parts=True))
+
+
+def settle(folder: Path) -> None:
+    """Wait for the folder's background combines; a failed one leaves the parts to finalise."""
+    with _early_lock:
+        futures = _early.pop(folder, [])
+    for future in futures:
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - finalise combines from the parts again
+            log.warning("early combine failed (%s); combining at publish instead", exc)
 
 
 def add_run_id(path: Path, run_id: str) -> None:
@@ -158,6 +215,7 @@ def finalise(run: RunFolder, p: Plan, manifest: dict[str, Any], engine: Engine |
     before anything is published.
     """
     folder = run.staging
+    settle(folder)
     names = published_tables(p)
     (engine or LocalEngine(LOCAL_THREADS)).map_shards(
         _publishable, (folder, names, run.run_id), [table_path(folder, n) for n in names])

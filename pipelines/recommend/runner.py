@@ -153,8 +153,11 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
     start = time.perf_counter()
     key = key or stage_key(p, stage, cfg)
     entry = stage_cache.entry(cfg.output.root, stage.name, key)
+    local = engine is None or isinstance(engine, LocalEngine)
     if cfg.output.cache and (hit := stage_cache.restore(entry, folder)) is not None:
         log.info("stage %s: unchanged inputs, reused cache %s", stage.name, key[:12])
+        if local:
+            mf.combine_early(folder, p, stage.writes)
         return StageReport(stage.name, hit["rows"], round(time.perf_counter() - start, 3),
                            cached=True, info=hit["info"], peak_rss_mb=peak_rss_mb())
     log.info("stage %s: started on %s", stage.name, input_sizes(folder, stage) or "no tables")
@@ -167,6 +170,8 @@ def execute(p: Plan, stage: Stage, folder: Path, cfg: RunConfig, engine: Engine 
     seconds = time.perf_counter() - start
     if cfg.output.cache:
         stage_cache.store(entry, folder, io.files, io.rows, info)
+    if local:
+        mf.combine_early(folder, p, stage.writes)
     log.info("stage %s: %s in %.2f s", stage.name, io.rows, seconds)
     return StageReport(stage.name, io.rows, round(seconds, 3), info=info,
                        peak_rss_mb=peak_rss_mb())
@@ -372,6 +377,7 @@ def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
                 write_report(run.staging, manifest, cfg.diversify.n)
             path = run.publish(manifest, update_latest=not evaluate_only)
         except BaseException:
+            mf.settle(run.staging)  # no background write may land in a folder being removed
             run.discard()
             raise
         mf.prune_runs(root, cfg.output.keep_runs)

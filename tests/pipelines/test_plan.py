@@ -284,3 +284,49 @@ def test_a_publish_task_rerun_after_its_combine_keeps_the_combined_table(
     assert mf._publishable(shared, 0, path) == 6
     assert not parts.exists()
     assert pq.read_table(path).column("run_id").to_pylist() == ["run-1"] * 6
+
+
+def test_a_finished_published_table_is_combined_early_and_its_parts_kept(
+        tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.recommend import manifest as mf
+    from pipelines.recommend.tables import parts_dir, table_path
+
+    staging = tmp_path / "runs" / ".staging-run-7"
+    parts = parts_dir(staging, "scored")
+    parts.mkdir(parents=True)
+    for i in range(3):
+        pq.write_table(pa.table({"user_id": [f"u{i}"] * (i + 1)}), parts / f"part-{i:05d}.parquet")
+    p = plan(RunConfig())
+    mf.combine_early(staging, p, ("scored", "h1/candidates"))  # cut-offs: never published
+    mf.settle(staging)
+    combined = pq.read_table(table_path(staging, "scored"))
+    assert combined.column("user_id").to_pylist() == ["u0", "u1", "u1", "u2", "u2", "u2"]
+    assert set(combined.column("run_id").to_pylist()) == {"run-7"}
+    assert len(list(parts.glob("part-*.parquet"))) == 3  # later stages still read them
+    assert not table_path(staging, "h1/candidates").exists()
+    # At publish the combined file is kept and only the parts go.
+    assert mf._publishable((staging, ["scored"], "run-7"), 0, table_path(staging, "scored")) == 6
+    assert not parts.exists()
+
+
+def test_a_failed_early_combine_leaves_no_file_and_the_parts(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.recommend import manifest as mf
+    from pipelines.recommend.tables import parts_dir, table_path
+
+    staging = tmp_path / "runs" / ".staging-run-8"
+    parts = parts_dir(staging, "scored")
+    parts.mkdir(parents=True)
+    pq.write_table(pa.table({"user_id": ["u0"]}), parts / "part-00000.parquet")
+    (parts / "part-00001.parquet").write_bytes(b"not parquet")
+    mf.combine_early(staging, plan(RunConfig()), ("scored",))
+    mf.settle(staging)  # logged, not raised: publish combines (and fails) on its own
+    assert sorted(f.name for f in staging.iterdir()) == ["scored.parts"]
+    assert len(list(parts.iterdir())) == 2
+    with pytest.raises(Exception, match="(?i)parquet"):
+        mf._publishable((staging, ["scored"], "run-8"), 0, table_path(staging, "scored"))
