@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from features import topn
 from features.columns import AUTHOR_ID, ITEM_ID, SCORE, USER_ID
+from features.vocab import IdVocab
 from pipelines.recommend.tables import table_path
 from pipelines.store import write_text_atomic
 
@@ -26,27 +27,25 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def top_by_score(scored: pl.DataFrame, n: int) -> pl.DataFrame:
-    """(user_id, item_id) of each user's n best-scored items (ties to the lower item id).
+def top_by_score(scored: pl.DataFrame, n: int, *, in_item_order: bool = False
+                 ) -> pl.DataFrame:
+    """(user_id, item_id) of each user's n best-scored items, ties to the lower item id.
 
+    Ids order as the catalogue's vocabulary does (numbers numerically, else text).
+    `in_item_order` says the rows come as the score stage writes them (each user's rows
+    together, its items in that order): the row number is then the tie order, with no lookup.
     Compiled per-user top-n, not a sort of the whole table; the diversify stage runs it per
     user shard, so no step ranks the whole scored table.
     """
     if not scored.height:
         return pl.DataFrame(schema={USER_ID: pl.String, ITEM_ID: pl.String})
-    user, item = scored[USER_ID], scored[ITEM_ID]
-    new_user = user != user.shift(1)
-    if ((new_user & (user > user.shift(1))) | (~new_user & (item > item.shift(1)))
-            ).slice(1).all():
-        # Rows in (user, item) order, as the score stage writes them: the row number is the
-        # tie order and users are runs.
-        users = new_user.fill_null(True).cum_sum().to_numpy().astype(np.int64)
+    user = scored[USER_ID]
+    if in_item_order:
+        users = (user != user.shift(1)).fill_null(True).cum_sum().to_numpy().astype(np.int64)
         tie = np.arange(scored.height, dtype=np.int64)
     else:
-        ids = item.unique().sort()
-        tie = scored.select(ITEM_ID).join(
-            pl.DataFrame({ITEM_ID: ids, "_o": range(len(ids))}), on=ITEM_ID, how="left",
-            maintain_order="left")["_o"].to_numpy()
+        items = scored[ITEM_ID].to_arrow()
+        tie = IdVocab.from_ids(items).index(items).astype(np.int64)
         users = user.cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
     _, rows, _, _ = topn.top_n(users, np.arange(scored.height), scored[SCORE].to_numpy(),
                                tie, n)

@@ -305,7 +305,9 @@ def _diversify_shard(shared: tuple[Any, ...], i: int, path: Path) -> int:
     frame = pl.from_arrow(scored)
     assert isinstance(frame, pl.DataFrame)
     # The report's before-diversity figure, from this shard's top n by score.
-    before = report.author_concentration(report.top_by_score(frame, config.n), authors)
+    # Scored parts keep the candidates' order (each user's items in vocabulary order).
+    before = report.author_concentration(report.top_by_score(frame, config.n,
+                                                             in_item_order=True), authors)
     write_text_atomic(json.dumps(before), _before_path(path))
     recs = pl.from_arrow(div.diversify(scored, items, config))
     assert isinstance(recs, pl.DataFrame)

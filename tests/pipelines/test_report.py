@@ -26,11 +26,23 @@ def test_top_by_score_equals_a_global_sort() -> None:
         "item_id": [f"i{j}" for j in rng.permutation(n)],
         "score": rng.integers(0, 5, n).astype(float)})  # ties, broken by item id
     want = oracle_top(frame, 4).sort(["user_id", "item_id"])
-    for rows in (frame, frame.sort(["user_id", "item_id"])):  # any order; the score stage's
+    for rows in (frame, frame.sort(["user_id", "item_id"])):  # any order
         assert top_by_score(rows, 4).sort(["user_id", "item_id"]).equals(want)
+    # The score stage's order (users together, items in id order), rows as the tie order.
+    staged = frame.sort(["user_id", "item_id"])
+    assert top_by_score(staged, 4, in_item_order=True).sort(["user_id", "item_id"]).equals(
+        want)
     one = frame.filter(pl.col("user_id") == "u3").sort("item_id")
     assert top_by_score(one, 4).sort(["user_id", "item_id"]).equals(
         oracle_top(one, 4).sort(["user_id", "item_id"]))
+
+
+def test_top_by_score_orders_numeric_ids_numerically() -> None:
+    frame = pl.DataFrame({"user_id": ["u"] * 3, "item_id": ["10", "9", "100"],
+                          "score": [1.0, 1.0, 1.0]})
+    assert top_by_score(frame, 2)["item_id"].to_list() == ["9", "10"]
+    in_order = frame.sort(pl.col("item_id").cast(pl.Int64))
+    assert top_by_score(in_order, 2, in_item_order=True)["item_id"].to_list() == ["9", "10"]
     assert top_by_score(frame.clear(), 4).height == 0
 
 
