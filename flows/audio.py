@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -16,6 +14,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.artifacts import markdown_image, run_name
 from pipelines.addons.audio import (
     AudioConfig,
     AudioRunResult,
@@ -28,9 +27,6 @@ from pipelines.addons.audio import (
     render_figures,
 )
 from pipelines.store import RunFolder, new_run_id
-
-ARTIFACT_IMAGE_SIDE = 900
-"""Images embedded in markdown artifacts are scaled to at most this many pixels per side."""
 
 # No retries: every step reads or writes local files, where a retry meets the same error.
 # No caching: inputs include open run folders, and a re-run must re-read the audio.
@@ -68,30 +64,6 @@ def publish(
 ) -> AudioRunResult:
     """Write the manifest and move the run into place as runs/<run_id>."""
     return publish_run(run, result, config, source)
-
-
-def markdown_image(path: Path, alt: str, max_side: int = ARTIFACT_IMAGE_SIDE) -> str:
-    """A markdown image with the PNG inlined as a base64 data URI, at most `max_side` px a side.
-
-    The Prefect UI loads neither relative paths nor file:// links, so the bytes go in the
-    artifact itself.
-    """
-    from PIL import Image
-
-    data = Path(path).read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        if max(image.size) > max_side:
-            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG", optimize=True)
-            data = buffer.getvalue()
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode('ascii')})"
-
-
-def run_name() -> str:
-    """The flow run's name: its `run_id` parameter, or a fresh run id the flow then adopts."""
-    given = flow_run.parameters.get("run_id")
-    return str(given) if given else new_run_id()
 
 
 def _report(published: AudioRunResult) -> None:

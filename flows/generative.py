@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.artifacts import markdown_image, run_name
 from flows.settings import configure_process
 from pipelines.addons import generative
 from pipelines.addons.generative import EpochReport, TrainResult
@@ -25,12 +25,6 @@ from pipelines.store import new_run_id
 
 GPU_TAGS = ["gpu"]
 """Tags on every generative flow run and training task: route them to a GPU work pool."""
-
-
-def run_name() -> str:
-    """The flow run's name: its `run_id` parameter, or a fresh run id the flow then adopts."""
-    given = flow_run.parameters.get("run_id")
-    return str(given) if given else new_run_id()
 
 
 class EpochArtifacts:
@@ -69,18 +63,13 @@ def train_task(model_name: str, config: Any, device: str, root: Path, run_id: st
                                   on_epoch=EpochArtifacts(model_name, run_id))
 
 
-def data_uri(path: Path) -> str:
-    """A PNG as a `data:` URI: it renders in the Prefect UI, which cannot load file:// links."""
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
 def outputs_markdown(result: TrainResult) -> str:
     """The outputs page: paths, the quality metric (best and last), last metrics, images."""
     q = result.quality
     best = q.get("best")
     best_txt = "n/a" if best is None else f"{best:.4g} at epoch {q.get('best_epoch')}"
     best_ckpt = f"`{result.best_checkpoint}`" if result.best_checkpoint else "n/a"
-    images = "\n".join(f"### {name}\n\n![{name}]({data_uri(path)})\n\n`{path}`\n"
+    images = "\n".join(f"### {name}\n\n{markdown_image(path, name)}\n\n`{path}`\n"
                        for name, path in result.images.items())
     final = "\n".join(f"| {k} | {v:.4g} |" for k, v in result.final.items())
     return (f"# {result.model} run {result.run_id}\n\n"

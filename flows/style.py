@@ -14,7 +14,7 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
-from flows.audio import markdown_image, run_name
+from flows.artifacts import markdown_image, run_name
 from models.generative.style import (
     Callback,
     FastTrainConfig,
