@@ -1,6 +1,6 @@
 """Benchmark: per-image optimisation (Gatys, the reference) vs a trained fast network (Johnson).
 
-Run: `python bench/style.py [--sizes 256] [--opt-steps 200] [--train-steps 900] ...`, or
+Run: `python bench/style.py [--sizes 256] [--opt-steps 200] [--train-steps 3000] ...`, or
 `--checkpoint runs/<id>/style/transform_net.pt` to judge a network trained before.
 
 1. Train the fast network for the style on random crops (random scale, horizontal flips) of

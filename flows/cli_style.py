@@ -99,7 +99,7 @@ def train(
     size: Annotated[int, typer.Option(help="Side of the square training crops.")] = 128,
     style_size: Annotated[int, typer.Option(
         help="Long side of the style image in px: the scale of the strokes.")] = 256,
-    steps: Annotated[int, typer.Option(help="Training steps (batches).")] = 900,
+    steps: Annotated[int, typer.Option(help="Training steps (batches).")] = 3000,
     batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 2,
     learning_rate: Annotated[float, typer.Option(help="Adam step size (peak).")] = 1e-3,
     lr_schedule: Annotated[str, typer.Option(
