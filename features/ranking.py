@@ -43,6 +43,8 @@ class FactorIndex:
     key: str
     index: pl.DataFrame  # (key, _row)
     matrix: np.ndarray  # (rows, f) float32
+    sorted_ids: pl.Series  # the ids in sorted order, for `rows`
+    sorted_rows: np.ndarray  # (rows,) int64: the matrix row of each of `sorted_ids`
 
     @classmethod
     def of(cls, table: pa.Table, key: str) -> FactorIndex:
@@ -52,7 +54,24 @@ class FactorIndex:
         index = pl.DataFrame({key: table.column(key).to_pylist(),
                               "_row": np.arange(table.num_rows)},
                              schema={key: pl.String, "_row": pl.Int64})
-        return cls(key, index, mat)
+        order = index[key].arg_sort()
+        return cls(key, index, mat, index[key].gather(order),
+                   index["_row"].gather(order).to_numpy())
+
+    def rows(self, ids: pl.Series) -> pl.Series:
+        """The matrix row of each id (Int64; null where the id has no factors).
+
+        Binary search in the sorted ids: a shard's few users cost O(len(ids) log n), where a
+        join would hash all n ids once per shard, which makes a night's work grow with
+        shards x users.
+        """
+        n = len(self.sorted_ids)
+        if not n or not len(ids):
+            return pl.Series("_row", [None] * len(ids), dtype=pl.Int64)
+        at = np.minimum(self.sorted_ids.search_sorted(ids, side="left").to_numpy(), n - 1)
+        hit = (self.sorted_ids.gather(at) == ids).fill_null(False).to_numpy()
+        rows = pl.Series("_row", self.sorted_rows[at.astype(np.int64)])
+        return rows.to_frame().select(pl.when(pl.Series(hit)).then(pl.col("_row")))["_row"]
 
 
 SHIFT = np.int64(1) << 36  # > any epoch second here; event keys = item code * SHIFT + time
@@ -121,8 +140,7 @@ def candidate_features(candidates: pa.Table, user_history: pa.Table, stats: Hist
     )
     user_author = hist.join(stats.authors, on=ITEM_ID, how="left").group_by(
         [USER_ID, AUTHOR_ID]).agg(pl.len().cast(pl.Float64).alias("_author_n"))
-    users = user_stats.join(stats.user_factors.index.rename({"_row": "_urow"}), on=USER_ID,
-                            how="left")
+    users = user_stats.with_columns(stats.user_factors.rows(user_stats[USER_ID]).alias("_urow"))
     feats = (
         cand.join(stats.item_table, on=ITEM_ID, how="left", maintain_order="left")
         .join(users, on=USER_ID, how="left", maintain_order="left")

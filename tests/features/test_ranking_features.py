@@ -1,4 +1,4 @@
-"""Ranking features: popularity as of each user's own time, against a direct count."""
+"""Ranking features against oracles: popularity at user time, ALS dots, factor rows."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.ranking import FactorIndex, als_dot, history_stats, popularity_at_user_time
 from pipelines.embeddings import factors_schema
@@ -48,3 +50,20 @@ def test_als_dot_equals_a_numpy_oracle_and_is_nan_without_factors() -> None:
     want = np.einsum("ij,ij->i", p[u].astype(np.float64), q[i].astype(np.float64))
     np.testing.assert_allclose(got[:200], want, rtol=1e-12, atol=1e-12)
     assert np.isnan(got[200:]).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(known=st.lists(st.text(min_size=0, max_size=4), unique=True, max_size=30),
+       asked=st.lists(st.text(min_size=0, max_size=4), max_size=40))
+def test_factor_rows_equal_a_join_with_the_index(known: list[str], asked: list[str]) -> None:
+    # Rows by binary search in the sorted ids are the rows a left join finds, nulls included.
+    rng = np.random.default_rng(len(known))
+    table = pa.table({"user_id": pa.array(known, pa.string()),
+                      "factors": pa.array(list(rng.normal(size=(len(known), 3)).astype(
+                          np.float32)), pa.list_(pa.float32(), 3))})
+    index = FactorIndex.of(table, "user_id")
+    ids = pl.Series("user_id", asked, dtype=pl.String)
+    want = ids.to_frame().join(index.index, on="user_id", how="left", maintain_order="left")
+    got = index.rows(ids)
+    assert got.dtype == pl.Int64
+    assert got.to_list() == want["_row"].to_list()
