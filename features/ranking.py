@@ -70,8 +70,7 @@ class FactorIndex:
             return pl.Series("_row", [None] * len(ids), dtype=pl.Int64)
         at = np.minimum(self.sorted_ids.search_sorted(ids, side="left").to_numpy(), n - 1)
         hit = (self.sorted_ids.gather(at) == ids).fill_null(False).to_numpy()
-        rows = pl.Series("_row", self.sorted_rows[at.astype(np.int64)])
-        return rows.to_frame().select(pl.when(pl.Series(hit)).then(pl.col("_row")))["_row"]
+        return pl.Series("_row", pa.array(self.sorted_rows[at], mask=~hit))
 
 
 SHIFT = np.int64(1) << 36  # > any epoch second here; event keys = item code * SHIFT + time
@@ -206,12 +205,7 @@ def _row_dots(users: np.ndarray, urow: np.ndarray, items: np.ndarray, irow: np.n
 
 def als_dot(pairs: pl.DataFrame, users: FactorIndex, items: FactorIndex) -> np.ndarray:
     """<p_u, q_i> for every (user_id, item_id) row of `pairs`; NaN where a factor is missing."""
-    def lookup(index: FactorIndex, ids: pl.Series) -> pl.Series:
-        return pl.DataFrame({index.key: ids}).join(index.index, on=index.key, how="left",
-                                                   maintain_order="left")["_row"]
-
-    return factor_dots(lookup(users, pairs[USER_ID]), lookup(items, pairs[ITEM_ID]), users,
-                       items)
+    return factor_dots(users.rows(pairs[USER_ID]), items.rows(pairs[ITEM_ID]), users, items)
 
 
 def factor_dots(user_rows: pl.Series, item_rows: pl.Series, users: FactorIndex,
