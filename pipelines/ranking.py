@@ -11,6 +11,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.columns import ITEM_ID, SCORE, SOURCES, USER_ID
+from features.hashing import key_hash
 from features.ranking import feature_names
 from models.als import AlsConfig
 from models.neighbours import PearsonConfig
@@ -88,7 +89,9 @@ def sample_rows(frame: pl.DataFrame, sampling: SamplingConfig, seed: int) -> pl.
     """Keep every positive, the hard negatives and seeded random negatives of each query.
 
     Queries without a positive are dropped: lambdarank gets no gradient from them. The random
-    draw hashes (user, item, seed), so the rows kept do not depend on how users are sharded.
+    draw hashes (user, item, seed) with `key_hash`, so the rows kept do not depend on how users
+    are sharded, on row order, or on the installed polars (whose own hash changes between
+    releases).
     """
     frame = frame.filter(pl.col("label").max().over(USER_ID) > 0)
     if not sampling.enabled or frame.height == 0:
@@ -97,8 +100,7 @@ def sample_rows(frame: pl.DataFrame, sampling: SamplingConfig, seed: int) -> pl.
     best = pl.min_horizontal([pl.col(c) for c in ranks]) if ranks else pl.lit(0)
     frame = frame.with_columns(
         best.fill_null(1 << 30).alias("_best"),
-        pl.concat_str([pl.col(USER_ID), pl.col(ITEM_ID)], separator="\x1f")
-        .hash(seed).alias("_draw"),
+        pl.Series("_draw", key_hash([frame[USER_ID], frame[ITEM_ID]], seed)),
     )
     neg = pl.col("label") == 0
     hard = (pl.struct("_best", ITEM_ID).rank("ordinal").over(USER_ID, neg)
@@ -108,6 +110,13 @@ def sample_rows(frame: pl.DataFrame, sampling: SamplingConfig, seed: int) -> pl.
     rand = pl.col("_draw").rank("ordinal").over(USER_ID, rest) <= sampling.random_negatives
     keep = (pl.col("label") > 0) | pl.col("_hard") | (rest & rand)
     return frame.filter(keep).drop(["_best", "_draw", "_hard"])
+
+
+def draw_users(users: pl.Series, n: int, seed: int) -> pl.Series:
+    """A seeded sample of n distinct users (all if fewer), the same for any order of `users`."""
+    distinct = users.unique().sort()
+    draw = key_hash([distinct], seed)
+    return distinct.gather(np.sort(np.argsort(draw, kind="stable")[:n]))
 
 
 def fit_on(frames: list[pl.DataFrame], ranking: RankingConfig, engine: object = None
@@ -128,9 +137,8 @@ def fit_on(frames: list[pl.DataFrame], ranking: RankingConfig, engine: object = 
         raise TooLittleData(f"only {positives} users have a held-out interaction among their "
                             "candidates; the ranker needs at least 2")
     if ranking.max_train_users is not None:
-        users = pl.concat([f.select(USER_ID) for f in frames])[USER_ID].unique().sort()
-        keep = users.sample(n=min(ranking.max_train_users, len(users)),
-                            seed=ranking.model.seed).implode()
+        users = pl.concat([f.select(USER_ID) for f in frames])[USER_ID]
+        keep = draw_users(users, ranking.max_train_users, ranking.model.seed).implode()
         frames[:] = [f.filter(pl.col(USER_ID).is_in(keep)) for f in frames]
     # Columns in order of first appearance (a frame without one has nulls there); each frame's
     # rows go into the float32 matrix at their (cutoff, user, item) positions, so the wide rows

@@ -57,14 +57,16 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "item_neighbours": ("models/neighbours.py", "pipelines/neighbours.py"),
     "als": ("models/als.py", "pipelines/embeddings.py"),
     "candidates": ("pipelines/candidates.py", "features/neighbourhood.py", "models/ease.py"),
-    "train_rows": ("features/ranking.py", "pipelines/ranking.py"),
-    "ranker": ("models/ranker.py", "pipelines/ranking.py", "features/ranking.py"),
+    "train_rows": ("features/ranking.py", "pipelines/ranking.py", "features/hashing.py"),
+    "ranker": ("models/ranker.py", "pipelines/ranking.py", "features/ranking.py",
+               "features/hashing.py"),
     "score": ("features/ranking.py", "pipelines/ranking.py", "models/ranker.py",
               "pipelines/diversify.py"),
     "diversify": ("pipelines/diversify.py",),
     "evaluate": ("pipelines/evaluate.py", "pipelines/offline.py", "pipelines/diversify.py",
                  "pipelines/tradeoff.py",
-                 "pipelines/ranking.py", "features/ranking.py", "models/ranker.py"),
+                 "pipelines/ranking.py", "features/ranking.py", "models/ranker.py",
+                 "features/hashing.py"),
 }
 
 

@@ -111,6 +111,8 @@ def test_code_keys_cover_only_the_stage_code() -> None:
     assert not any("generative" in f or "style" in f or "audio" in f
                    for files in runner.STAGE_CODE.values() for f in files)
     assert runner.code_version("ingest") != runner.code_version("als")
+    listed = {f for files in runner.STAGE_CODE.values() for f in files} | set(runner.COMMON)
+    assert all((runner.REPO / f).is_file() for f in listed), "a stage lists a missing file"
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from pipelines.evaluate import split_last
 from pipelines.ingest import ingest
 from pipelines.nightly import RunConfig
-from pipelines.ranking import SamplingConfig, sample_rows
+from pipelines.ranking import SamplingConfig, draw_users, sample_rows
 from pipelines.recommend.runner import execute
 from pipelines.recommend.stages import plan
 from pipelines.recommend.tables import read_table
@@ -102,3 +102,13 @@ def test_sampling_off_keeps_every_row_of_queries_with_a_positive(enabled: bool) 
     assert out.height == (n_pos_users * 50 if not enabled else out.height)
     if enabled:
         assert out.height < n_pos_users * 50
+
+
+def test_drawn_training_users_are_seeded_and_order_free() -> None:
+    users = pl.Series("user_id", [f"u{i}" for i in range(200)] * 2)
+    picked = draw_users(users, 30, seed=3)
+    assert picked.len() == 30 and picked.n_unique() == 30
+    assert set(picked) <= set(users)
+    assert draw_users(users.reverse(), 30, seed=3).equals(picked)
+    assert not draw_users(users, 30, seed=4).equals(picked)
+    assert draw_users(users, 500, seed=3).len() == 200
