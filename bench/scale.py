@@ -180,6 +180,9 @@ def child(name: str, work: Path, engine: str, workers: int,
           distributed_min_rows: int | None = None) -> dict[str, Any]:
     """One data set: the nightly job then the reference, in this process."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from pipelines.recommend.engine import limit_malloc_arenas
+
+    limit_malloc_arenas()  # as the CLI does at start-up
     from pipelines.recommend.config import RunConfig
     from pipelines.recommend.runner import run_nightly
 

@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from pipelines.recommend.engine import limit_malloc_arenas
+
 PROJECT_LOGGERS = ("features", "models", "pipelines", "flows")
 """The product's loggers: shown in the terminal and sent to the Prefect run logs."""
 
@@ -25,7 +27,7 @@ _verbosity = Verbosity.NORMAL
 
 
 def configure_process(verbosity: Verbosity | None = None) -> None:
-    """Pin BLAS/OpenMP threads, route our loggers to Prefect and set their level.
+    """Pin BLAS/OpenMP threads and malloc arenas, route our loggers to Prefect, set levels.
 
     Call before Prefect is imported: Prefect reads its logging settings once, at import.
     `verbosity=None` keeps what an earlier call (the CLI's -q/-v) chose.
@@ -38,6 +40,7 @@ def configure_process(verbosity: Verbosity | None = None) -> None:
         _verbosity = verbosity
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    limit_malloc_arenas()  # before any thread of ours allocates (see MALLOC_ARENAS)
     extra = [n.strip() for n in os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "").split(",")]
     extra = [n for n in extra if n]
     os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.errors import ConfigError
-from pipelines.recommend.engine import ShardFn
+from pipelines.recommend.engine import MALLOC_ARENAS, ShardFn
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,13 @@ def local_client(n_workers: int, threads_per_worker: int) -> Any:
 
 
 def worker_environment(threads: int) -> dict[str, str]:
-    """Environment for a worker process with `threads` task threads (set before it starts)."""
-    return {"POLARS_MAX_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    """Environment for a worker process with `threads` task threads (set before it starts).
+
+    glibc's malloc arenas are capped as in a local night (`runner.MALLOC_ARENAS`), where each
+    extra arena kept its own share of freed memory.
+    """
+    return {"POLARS_MAX_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+            "MALLOC_ARENA_MAX": str(max(threads, MALLOC_ARENAS))}
 
 
 def connect(config: EngineConfig) -> Any:

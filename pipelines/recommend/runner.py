@@ -26,7 +26,7 @@ from features.errors import ConfigError
 from pipelines.recommend import cache as stage_cache
 from pipelines.recommend import manifest as mf
 from pipelines.recommend.config import RunConfig, section
-from pipelines.recommend.engine import LOCAL_THREADS, Engine, LocalEngine
+from pipelines.recommend.engine import LOCAL_THREADS, Engine, LocalEngine, limit_malloc_arenas
 from pipelines.recommend.report import write_report
 from pipelines.recommend.stages import Plan, Stage, plan
 from pipelines.recommend.tables import StageIO, part_paths
@@ -359,6 +359,7 @@ def run_with(cfg: RunConfig, run_id: str | None, runner: Runner, *,
     """
     root = cfg.output.root
     started = datetime.now(UTC)
+    limit_malloc_arenas()
     if run_id is not None:
         validate_run_id(run_id)
     check_output_root(root)

@@ -204,3 +204,16 @@ def test_replayed_early_stopping_keeps_lightgbms_iteration() -> None:
         _, full = fit(300, [])
         assert stopped.best_iteration < 300  # it did stop early
         assert early_stopping_iteration(full, patience) == stopped.best_iteration
+
+
+def _process_settings() -> dict[str, str | None]:
+    return {v: os.environ.get(v) for v in ("POLARS_MAX_THREADS", "MALLOC_ARENA_MAX")}
+
+
+def test_workers_start_with_pinned_threads_and_capped_arenas(client: Any) -> None:
+    from pipelines.recommend.engine import MALLOC_ARENAS
+
+    settings = client.run(_process_settings)
+    assert len(settings) == 2
+    assert all(s == {"POLARS_MAX_THREADS": "1", "MALLOC_ARENA_MAX": str(MALLOC_ARENAS)}
+               for s in settings.values())

@@ -332,3 +332,13 @@ def test_a_failed_early_combine_leaves_no_file_and_the_parts(tmp_path: Path) -> 
     assert len(list(parts.iterdir())) == 2
     with pytest.raises(Exception, match="(?i)parquet"):
         mf._publishable((staging, ["scored"], "run-8"), 0, table_path(staging, "scored"))
+
+
+def test_the_malloc_arena_cap_is_accepted_by_this_libc() -> None:
+    import platform
+
+    from pipelines.recommend.engine import limit_malloc_arenas
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert limit_malloc_arenas() is True  # mallopt answers 0 to a parameter it does not know
