@@ -34,7 +34,8 @@ MALLOC_ARENAS = 2
 """glibc malloc arenas in a night's process (glibc's default is 8 per core). Every thread
 that meets a busy arena gets one of its own, and memory freed in one arena serves only the
 threads of that arena: the stage and shard threads then each keep their own high-water mark.
-Two arenas took ML-1M 1-2999's peak RSS from 1.40 to 1.21 GB (bench/scale.py)."""
+Two arenas took ML-1M 1-2999's peak RSS from 1.48-1.51 to 1.23 GB at the same speed (paired
+runs of bench/scale.py)."""
 
 _M_ARENA_MAX = -8  # mallopt's parameter number for the arena limit (malloc.h)
 
