@@ -56,8 +56,9 @@ def local_client(n_workers: int, threads_per_worker: int) -> Any:
 def worker_environment(threads: int) -> dict[str, str]:
     """Environment for a worker process with `threads` task threads (set before it starts).
 
-    glibc's malloc arenas are capped as in a local night (`runner.MALLOC_ARENAS`), where each
-    extra arena kept its own share of freed memory.
+    glibc's malloc arenas are capped as in a local night (`engine.MALLOC_ARENAS`, or one per
+    task thread where a worker has more), where each extra arena kept its own share of freed
+    memory.
     """
     return {"POLARS_MAX_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
             "MALLOC_ARENA_MAX": str(max(threads, MALLOC_ARENAS))}
